@@ -1,0 +1,109 @@
+package codec
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+	"unicode/utf8"
+)
+
+// FuzzDecode: Decode never panics, and whatever it accepts re-encodes to JSON
+// that decodes back to the same values.
+func FuzzDecode(f *testing.F) {
+	for _, s := range []string{
+		`{"cmd":"login","name":"zhima201"}`,
+		`{"cmd":"chat","send":"zhima201","recv":"zhima202","content":"how are youe"}`,
+		`{"cmd":"chat","recv":"bob","content":"x\u0000y","id":"1"}`,
+		`{"cmd":"ping","id":12345678901234567890}`,
+		`[[[[[[`, "\x00\xff", `{"cmd":"chat","recv":1}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		var r Request
+		err := Decode(line, &r)
+		if err != nil {
+			if _, ok := err.(ProtoError); !ok && !isWrappedProto(err) {
+				t.Fatalf("error %T %v is not a ProtoError", err, err)
+			}
+			return
+		}
+		if r.Cmd == 0 {
+			t.Fatalf("accepted %q without a command", line)
+		}
+		if r.ID != nil && !json.Valid(r.ID) {
+			t.Fatalf("id %q is not JSON", r.ID)
+		}
+		if r.Cmd == CmdChat {
+			out := AppendDelivery(nil, "s", r.Recv, r.Content, 1)
+			var d struct{ Recv, Content string }
+			if err := json.Unmarshal(out, &d); err != nil {
+				t.Fatalf("delivery %q not JSON: %v", out, err)
+			}
+			if d.Recv != r.Recv || (utf8.ValidString(r.Content) && d.Content != r.Content) {
+				t.Fatalf("round trip changed %q/%q into %q/%q", r.Recv, r.Content, d.Recv, d.Content)
+			}
+		}
+	})
+}
+
+func isWrappedProto(err error) bool {
+	for e := err; e != nil; {
+		if _, ok := e.(ProtoError); ok {
+			return true
+		}
+		u, ok := e.(interface{ Unwrap() error })
+		if !ok {
+			return false
+		}
+		e = u.Unwrap()
+	}
+	return false
+}
+
+// FuzzNextLine: however a stream is split, the same lines come out, and no
+// line longer than the cap is ever returned.
+func FuzzNextLine(f *testing.F) {
+	f.Add([]byte("a\r\nb\n\nccc\n"), uint8(1), uint8(8))
+	f.Add([]byte("0123456789abcdef\n"), uint8(3), uint8(4))
+	f.Fuzz(func(t *testing.T, stream []byte, chunk, max uint8) {
+		c, m := int(chunk)%16+1, int(max)%64
+		whole, errWhole := splitLines(stream, len(stream)+1, m)
+		split, errSplit := splitLines(stream, c, m)
+		if (errWhole == nil) != (errSplit == nil) {
+			t.Fatalf("errors differ: whole %v, split %v", errWhole, errSplit)
+		}
+		n := min(len(whole), len(split))
+		for i := 0; i < n; i++ {
+			if whole[i] != split[i] {
+				t.Fatalf("line %d differs: %q vs %q", i, whole[i], split[i])
+			}
+			if len(whole[i]) > m {
+				t.Fatalf("line %q longer than cap %d", whole[i], m)
+			}
+		}
+	})
+}
+
+// FuzzParseFrame: never panics; what parses re-encodes to the same line.
+func FuzzParseFrame(f *testing.F) {
+	f.Add([]byte(`M B A 0 alice bob 2:42 {"cmd":"chat"}`))
+	f.Add([]byte(`K B A 0 - bob 0: tok`))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		var fr Frame
+		if ParseFrame(line, &fr) != nil {
+			return
+		}
+		if bytes.IndexByte(line, '\n') >= 0 {
+			return
+		}
+		out := AppendFrame(nil, fr.Kind, string(fr.Dst), string(fr.Src), fr.Hops, string(fr.Send), string(fr.Recv), fr.ID, fr.Payload)
+		var again Frame
+		if err := ParseFrame(out[:len(out)-1], &again); err != nil {
+			t.Fatalf("re-encoded %q does not parse: %v", out, err)
+		}
+		if !bytes.Equal(again.Payload, fr.Payload) || !bytes.Equal(again.ID, fr.ID) || again.Hops != fr.Hops {
+			t.Fatalf("round trip %q -> %q", line, out)
+		}
+	})
+}

@@ -1,0 +1,224 @@
+package codec
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/bytedance/sonic"
+	"github.com/bytedance/sonic/decoder"
+)
+
+// Cmd is a client request's command.
+type Cmd uint8
+
+// The commands of the client protocol. The zero Cmd is no command.
+const (
+	CmdLogin Cmd = iota + 1
+	CmdChat
+	CmdPing
+	CmdLogout
+)
+
+var cmdNames = [...]string{CmdLogin: "login", CmdChat: "chat", CmdPing: "ping", CmdLogout: "logout"}
+
+func (c Cmd) String() string {
+	if int(c) < len(cmdNames) && c != 0 {
+		return cmdNames[c]
+	}
+	return fmt.Sprintf("Cmd(%d)", uint8(c))
+}
+
+// MaxNameLen is the longest user name, in bytes.
+const MaxNameLen = 64
+
+// MaxIDLen is the longest request id, in bytes of its JSON text.
+const MaxIDLen = 128
+
+// Request is one decoded client request.
+//
+// Its strings and ID do not alias the decoded line: they stay valid after the
+// line's buffer is reused.
+type Request struct {
+	Cmd     Cmd
+	Name    string // login
+	Token   string // login, when the server requires authentication
+	Send    string // chat; meaningful only when HasSend
+	HasSend bool
+	Recv    string // chat
+	Content string // chat
+	// ID is the request's "id" as compact JSON text (a string with its quotes,
+	// or a number), or nil when the request has none. Errors and acks echo it.
+	ID []byte
+}
+
+// wire mirrors the JSON object. Pointers tell a missing field from an empty one.
+type wire struct {
+	Cmd     *string         `json:"cmd"`
+	Name    *string         `json:"name"`
+	Token   string          `json:"token"`
+	Send    *string         `json:"send"`
+	Recv    *string         `json:"recv"`
+	Content *string         `json:"content"`
+	ID      json.RawMessage `json:"id"`
+}
+
+// api rejects unescaped control characters inside strings.
+var api = sonic.Config{ValidateString: true}.Froze()
+
+// Pretouch compiles the decoder ahead of the first request, so the first
+// client does not pay sonic's JIT warm-up (milliseconds). Call it at start.
+func Pretouch() error {
+	return sonic.Pretouch(reflect.TypeOf(wire{}))
+}
+
+// Decode parses one request line (without its terminator) into r.
+//
+// It returns a ProtoError (possibly wrapped with detail) for anything the
+// client got wrong. r.ID is filled whenever the line was a JSON object with a
+// valid id, even when another check fails, so the error can carry the id.
+func Decode(line []byte, r *Request) error {
+	*r = Request{}
+	if !utf8.Valid(line) {
+		return ErrInvalidUTF8
+	}
+	if first := firstNonSpace(line); first != '{' {
+		if first == 0 {
+			return ErrInvalidJSON
+		}
+		if first == '[' || first == '"' || first == 't' || first == 'f' || first == 'n' || first == '-' || (first >= '0' && first <= '9') {
+			if !json.Valid(line) {
+				return ErrInvalidJSON
+			}
+			return ErrNotObject
+		}
+		return ErrInvalidJSON
+	}
+	var w wire
+	err := api.Unmarshal(line, &w)
+	if err != nil {
+		if !isMismatch(err) {
+			return ErrInvalidJSON
+		}
+	}
+	if len(w.ID) > 0 && string(w.ID) != "null" {
+		if !validID(w.ID) {
+			return ErrBadID
+		}
+		r.ID = compactID(w.ID)
+	}
+	if err != nil {
+		return ErrFieldType
+	}
+	if w.Cmd == nil || *w.Cmd == "" {
+		return ErrMissingCmd
+	}
+	switch *w.Cmd {
+	case "login":
+		r.Cmd = CmdLogin
+		if w.Name == nil {
+			return ErrMissingName
+		}
+		r.Name, r.Token = *w.Name, w.Token
+		if !ValidName(r.Name) {
+			return ErrBadName
+		}
+	case "chat":
+		r.Cmd = CmdChat
+		if w.Send != nil {
+			r.Send, r.HasSend = *w.Send, true
+		}
+		if w.Recv == nil || *w.Recv == "" {
+			return ErrMissingRecv
+		}
+		r.Recv = *w.Recv
+		if !ValidName(r.Recv) {
+			return fmt.Errorf("%w (recv)", ErrBadName)
+		}
+		if w.Content == nil {
+			return ErrMissingContent
+		}
+		r.Content = *w.Content
+	case "ping":
+		r.Cmd = CmdPing
+	case "logout":
+		r.Cmd = CmdLogout
+	default:
+		cmd := *w.Cmd
+		if len(cmd) > 32 {
+			cmd = cmd[:32] + "..."
+		}
+		return fmt.Errorf("%w %q", ErrUnknownCmd, cmd)
+	}
+	return nil
+}
+
+// ValidName reports whether s is a legal user name: 1 to MaxNameLen bytes of
+// valid UTF-8 with no whitespace and no control characters.
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > MaxNameLen {
+		return false
+	}
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c <= ' ' || c == 0x7f {
+				return false
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError || unicode.IsSpace(r) || unicode.IsControl(r) {
+			return false
+		}
+		i += size
+	}
+	return true
+}
+
+// isMismatch reports whether err is only a field of the wrong type, after
+// which sonic has still decoded the other fields (as encoding/json does).
+func isMismatch(err error) bool {
+	var p *decoder.MismatchTypeError
+	if errors.As(err, &p) {
+		return true
+	}
+	var v decoder.MismatchTypeError
+	return errors.As(err, &v)
+}
+
+func firstNonSpace(b []byte) byte {
+	for _, c := range b {
+		switch c {
+		case ' ', '\t', '\r', '\n':
+		default:
+			return c
+		}
+	}
+	return 0
+}
+
+// validID accepts a JSON string or number of at most MaxIDLen bytes.
+func validID(raw []byte) bool {
+	if len(raw) > MaxIDLen {
+		return false
+	}
+	c := raw[0]
+	return c == '"' || c == '-' || (c >= '0' && c <= '9')
+}
+
+// compactID copies raw (sonic hands out a slice of its own copy of the line,
+// which is fine to keep, but trailing whitespace is not part of the value).
+func compactID(raw []byte) []byte {
+	end := len(raw)
+	for end > 0 && (raw[end-1] == ' ' || raw[end-1] == '\t') {
+		end--
+	}
+	out := make([]byte, end)
+	copy(out, raw)
+	return out
+}
