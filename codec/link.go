@@ -33,6 +33,15 @@ const (
 	KindKick  = 'K'
 )
 
+// MaxFrameLine caps one link line, in bytes. A chat frame carries a delivery
+// line, whose content came from a client line of at most MaxClientLine
+// bytes, plus names and ids: 4 MiB leaves room for both.
+const MaxFrameLine = 4 << 20
+
+// MaxClientLine is the largest -max-line a server accepts, so that every
+// chat it forwards fits in a link frame.
+const MaxClientLine = 1 << 20
+
 // ErrBadFrame is returned for a link line that does not parse.
 var ErrBadFrame = errors.New("codec: malformed link frame")
 

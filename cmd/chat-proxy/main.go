@@ -1,0 +1,106 @@
+// Command chat-proxy runs the forwarding proxy of the chat cluster.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/relaychat/relaychat/internal/cli"
+	"github.com/relaychat/relaychat/proxy"
+	"github.com/relaychat/relaychat/route"
+)
+
+const prog = "chat-proxy"
+
+func main() {
+	fs := flag.NewFlagSet(prog, flag.ExitOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: %s [flags]\n\nRuns the forwarding proxy: links to every message server's peer port and\nrelays chats between them.\n\nFlags:\n", prog)
+		fs.PrintDefaults()
+	}
+	var (
+		id         = fs.String("id", "proxy1", "proxy id, sent in link hellos")
+		servers    = fs.String("servers", "", "static list id=host:port,... of server peer addresses; empty = discover servers through Redis heartbeats")
+		redisAddr  = fs.String("redis", route.DefaultAddr, "Redis address (or comma list) for discovery when -servers is empty")
+		prefix     = fs.String("redis-prefix", route.DefaultPrefix, "prefix of every Redis key")
+		multicore  = fs.Bool("multicore", false, "one event loop per CPU core (default one loop)")
+		loops      = fs.Int("loops", 0, "number of event loops; 0 = decided by -multicore")
+		secret     = fs.String("peer-secret", "", "secret presented to servers started with -peer-secret")
+		maxLinkOut = fs.Int("max-link-outbound", 64<<20, "bytes queued to one server before chats for it are bounced")
+		linkTO     = fs.Duration("link-timeout", 5*time.Second, "close a link silent for this long")
+		logLevel   = fs.String("log-level", "info", "debug, info, warn or error")
+	)
+	_ = fs.Parse(os.Args[1:])
+	if fs.NArg() > 0 {
+		cli.Fatal(prog, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0)), 2)
+	}
+	log, err := cli.Logger(*logLevel)
+	if err != nil {
+		cli.Fatal(prog, err, 2)
+	}
+	static, err := parseServers(*servers)
+	if err != nil {
+		cli.Fatal(prog, err, 2)
+	}
+	if _, err := cli.RaiseNoFile(); err != nil {
+		log.Warn("could not raise the open-file limit", "err", err)
+	}
+	o := proxy.Options{
+		ID:              *id,
+		Servers:         static,
+		Multicore:       *multicore,
+		Loops:           *loops,
+		Secret:          *secret,
+		MaxLinkOutbound: *maxLinkOut,
+		LinkTimeout:     *linkTO,
+		Logger:          log,
+	}
+	if len(static) == 0 {
+		store, err := route.New(route.Options{Addrs: cli.SplitList(*redisAddr), Prefix: *prefix, DisableCache: true})
+		if err != nil {
+			cli.Fatal(prog, err, 1)
+		}
+		defer store.Close()
+		o.Discover = store.Servers
+		log.Info("discovering servers through Redis heartbeats", "redis", *redisAddr, "prefix", *prefix)
+	}
+	p, err := proxy.New(o)
+	if err != nil {
+		cli.Fatal(prog, err, 2)
+	}
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	if err := p.Start(); err != nil {
+		cli.Fatal(prog, err, 1)
+	}
+	<-ctx.Done()
+	stop()
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.Shutdown(sctx); err != nil {
+		log.Error("shutdown", "err", err)
+		os.Exit(1)
+	}
+	log.Info("stopped", "stats", fmt.Sprint(p.Stats().Snapshot()))
+}
+
+// parseServers reads "id=host:port,...".
+func parseServers(s string) (map[string]string, error) {
+	out := make(map[string]string)
+	for _, f := range cli.SplitList(s) {
+		id, addr, ok := strings.Cut(f, "=")
+		if !ok || id == "" || addr == "" {
+			return nil, fmt.Errorf("-servers entry %q: want id=host:port", f)
+		}
+		if _, dup := out[id]; dup {
+			return nil, fmt.Errorf("-servers: server id %q listed twice", id)
+		}
+		out[id] = addr
+	}
+	return out, nil
+}

@@ -1,0 +1,113 @@
+// Command chat-server runs one message server of the chat cluster.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/relaychat/relaychat/codec"
+	"github.com/relaychat/relaychat/internal/cli"
+	"github.com/relaychat/relaychat/route"
+	"github.com/relaychat/relaychat/server"
+)
+
+const prog = "chat-server"
+
+func main() {
+	fs := flag.NewFlagSet(prog, flag.ExitOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: %s [flags]\n\nRuns a message server: clients speak newline-delimited JSON on -listen;\nforwarding proxies link to -peer-listen.\n\nFlags:\n", prog)
+		fs.PrintDefaults()
+	}
+	var (
+		id          = fs.String("id", "", "unique server id (letters, digits, '-', '_', '.'); default \"s\" + the -listen port")
+		listen      = fs.String("listen", ":9501", "client address; port 0 picks a free port (logged at start)")
+		peerListen  = fs.String("peer-listen", "127.0.0.1:9601", "address the forwarding tier connects to; keep it off the public network")
+		redisAddr   = fs.String("redis", route.DefaultAddr, "Redis address, or a comma list for Redis Cluster")
+		prefix      = fs.String("redis-prefix", route.DefaultPrefix, "prefix of every Redis key")
+		multicore   = fs.Bool("multicore", false, "one event loop per CPU core (default one loop)")
+		loops       = fs.Int("loops", 0, "number of event loops; 0 = decided by -multicore")
+		maxLine     = fs.Int("max-line", codec.DefaultMaxLine, fmt.Sprintf("longest request line in bytes (64..%d); longer lines close the connection", codec.MaxClientLine))
+		maxOut      = fs.Int("max-outbound", 4<<20, "bytes queued to one client before it is disconnected as a slow consumer")
+		maxLinkOut  = fs.Int("max-link-outbound", 64<<20, "bytes queued to a proxy link before chats needing it are refused")
+		maxPending  = fs.Int("max-pending", 1<<20, "bytes a client may send while one of its requests waits on Redis")
+		maxInflight = fs.Int("max-inflight", 4096, "concurrent Redis operations for logins and cache misses")
+		redisTO     = fs.Duration("redis-timeout", 2*time.Second, "timeout of one Redis operation")
+		cacheTTL    = fs.Duration("route-cache-ttl", route.DefaultCacheTTL, "how long a route stays in the client-side cache at most")
+		noCache     = fs.Bool("no-route-cache", false, "disable client-side caching of routes (for comparison)")
+		peerSecret  = fs.String("peer-secret", "", "secret every proxy link must present in its hello")
+		linkTO      = fs.Duration("link-timeout", 5*time.Second, "close a proxy link silent for this long")
+		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
+	)
+	_ = fs.Parse(os.Args[1:])
+	if fs.NArg() > 0 {
+		cli.Fatal(prog, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0)), 2)
+	}
+	log, err := cli.Logger(*logLevel)
+	if err != nil {
+		cli.Fatal(prog, err, 2)
+	}
+	if *id == "" {
+		_, port, err := net.SplitHostPort(*listen)
+		if err != nil {
+			cli.Fatal(prog, fmt.Errorf("-listen %q: %v", *listen, err), 2)
+		}
+		*id = "s" + port
+	}
+	if n, err := cli.RaiseNoFile(); err != nil {
+		log.Warn("could not raise the open-file limit", "err", err)
+	} else {
+		log.Debug("open-file limit", "nofile", n)
+	}
+	store, err := route.New(route.Options{
+		Addrs:        cli.SplitList(*redisAddr),
+		Prefix:       *prefix,
+		CacheTTL:     *cacheTTL,
+		Timeout:      *redisTO,
+		DisableCache: *noCache,
+	})
+	if err != nil {
+		cli.Fatal(prog, err, 1)
+	}
+	defer store.Close()
+	srv, err := server.New(server.Options{
+		ID:              *id,
+		Listen:          *listen,
+		PeerListen:      *peerListen,
+		Router:          store,
+		Multicore:       *multicore,
+		Loops:           *loops,
+		MaxLine:         *maxLine,
+		MaxOutbound:     *maxOut,
+		MaxLinkOutbound: *maxLinkOut,
+		MaxPending:      *maxPending,
+		MaxInflight:     *maxInflight,
+		RedisTimeout:    *redisTO,
+		PeerSecret:      *peerSecret,
+		LinkTimeout:     *linkTO,
+		Logger:          log,
+	})
+	if err != nil {
+		cli.Fatal(prog, err, 2)
+	}
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	if err := srv.Start(); err != nil {
+		cli.Fatal(prog, err, 1)
+	}
+	log.Info("server ready", "id", *id, "client", srv.ClientAddr(), "peer", srv.PeerAddr(), "redis", *redisAddr)
+	<-ctx.Done()
+	stop()
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Error("shutdown", "err", err)
+		os.Exit(1)
+	}
+	log.Info("stopped", "stats", fmt.Sprint(srv.Stats().Snapshot()))
+}

@@ -1,0 +1,295 @@
+// Package server is a message server of the chat cluster: it holds client
+// sessions on a gnet engine, records in the routing store which server each
+// user is on, delivers chats to local users directly and hands chats for
+// users elsewhere to the forwarding tier over the links that proxies open to
+// its peer port.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/relaychat/relaychat/codec"
+	"github.com/relaychat/relaychat/internal/gnetlog"
+	"github.com/relaychat/relaychat/route"
+)
+
+// Server is one message server. Create it with New, then Start; stop it
+// with Shutdown. Its exported methods are safe for concurrent use.
+type Server struct {
+	opt   Options
+	log   *slog.Logger
+	stats Stats
+
+	reg   *registry
+	links linkSet
+	kicks *kickMemo
+
+	clients *engine // the client port
+	peers   *engine // the peer port
+
+	// inflight bounds the off-loop Redis operations of the whole server.
+	inflight chan struct{}
+	// closing is set at the start of Shutdown: closing sessions then leave
+	// their routes to the bulk release.
+	closing atomic.Bool
+
+	stop     chan struct{}
+	bg       sync.WaitGroup
+	shutOnce sync.Once
+	shutErr  error
+}
+
+// engine is one gnet engine and what its OnBoot learnt.
+type engine struct {
+	name  string
+	eng   gnet.Engine
+	addr  string        // bound address, from OnBoot
+	ready chan struct{} // closed by OnBoot
+	done  chan error    // gnet.Run's result
+}
+
+// New validates o and returns a server that is not started yet.
+func New(o Options) (*Server, error) {
+	if err := o.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := codec.Pretouch(); err != nil {
+		return nil, fmt.Errorf("server: sonic pretouch: %w", err)
+	}
+	s := &Server{
+		opt:      o,
+		log:      o.Logger.With("server", o.ID),
+		reg:      newRegistry(),
+		kicks:    newKickMemo(kickMemoSize, kickMemoTTL),
+		inflight: make(chan struct{}, o.MaxInflight),
+		stop:     make(chan struct{}),
+	}
+	return s, nil
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() *Stats { return &s.stats }
+
+// ClientAddr returns the bound client address (with the real port when the
+// configured one was 0); "" before Start.
+func (s *Server) ClientAddr() string {
+	if s.clients == nil {
+		return ""
+	}
+	return s.clients.addr
+}
+
+// PeerAddr returns the bound peer address; "" before Start.
+func (s *Server) PeerAddr() string {
+	if s.peers == nil {
+		return ""
+	}
+	return s.peers.addr
+}
+
+// Start clears the routes a previous run of this server id may have left
+// behind (after a crash), starts both listeners and the heartbeat, and
+// returns once both listeners accept connections. A failure to reach Redis
+// here is logged, not fatal: sessions get "routing store unavailable" until
+// it answers.
+func (s *Server) Start() error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opt.RedisTimeout)
+	n, err := s.opt.Router.ClearServer(ctx, s.opt.ID)
+	cancel()
+	switch {
+	case err != nil:
+		s.log.Warn("could not clear stale routes at start", "err", err)
+	case n > 0:
+		s.log.Info("cleared stale routes left by an earlier run", "routes", n)
+	}
+
+	logger := gnetlog.Logger{L: s.log}
+	common := []gnet.Option{
+		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		gnet.WithLogger(logger),
+		gnet.WithReusePort(false),
+	}
+	clientOpts := append([]gnet.Option{gnet.WithMulticore(s.opt.Multicore)}, common...)
+	if s.opt.Loops > 0 {
+		clientOpts = append(clientOpts, gnet.WithNumEventLoop(s.opt.Loops))
+	}
+	s.clients = &engine{name: "client"}
+	if err := s.run(s.clients, &clientHandler{s: s}, s.opt.Listen, clientOpts); err != nil {
+		return err
+	}
+	// Links are few and each carries a batch per event; one loop serves them.
+	peerOpts := append([]gnet.Option{gnet.WithNumEventLoop(1)}, common...)
+	s.peers = &engine{name: "peer"}
+	if err := s.run(s.peers, &linkHandler{s: s}, s.opt.PeerListen, peerOpts); err != nil {
+		_ = s.clients.eng.Stop(context.Background())
+		<-s.clients.done
+		return err
+	}
+	s.log.Info("client listener ready", "addr", s.clients.addr)
+	s.log.Info("peer listener ready", "addr", s.peers.addr)
+
+	s.bg.Add(2)
+	go s.heartbeat()
+	go s.watchLinks()
+	return nil
+}
+
+// run starts e's gnet engine on addr and waits for OnBoot or a failure.
+func (s *Server) run(e *engine, h gnet.EventHandler, addr string, opts []gnet.Option) error {
+	e.ready = make(chan struct{})
+	e.done = make(chan error, 1)
+	boot := &bootHook{e: e}
+	go func() {
+		e.done <- gnet.Run(withBoot(h, boot), "tcp://"+addr, opts...)
+	}()
+	select {
+	case <-e.ready:
+		return nil
+	case err := <-e.done:
+		if err == nil {
+			err = errors.New("engine stopped before it started")
+		}
+		return fmt.Errorf("server: %s listener %s: %w", e.name, addr, err)
+	}
+}
+
+// bootHook records the engine and its bound address when it boots.
+type bootHook struct{ e *engine }
+
+func (b *bootHook) boot(eng gnet.Engine) {
+	b.e.eng = eng
+	b.e.addr = boundAddr(eng)
+	close(b.e.ready)
+}
+
+// boundAddr reads the listener's address from a dup of its socket, so a
+// port of 0 is reported as the port the kernel picked.
+func boundAddr(eng gnet.Engine) string {
+	fd, err := eng.Dup()
+	if err != nil {
+		return ""
+	}
+	defer unix.Close(fd)
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return ""
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+	case *unix.SockaddrInet6:
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+	}
+	return ""
+}
+
+// heartbeat announces this server in Redis every Heartbeat period, with a
+// TTL of three periods, so proxies can discover it and others can tell it
+// is alive.
+func (s *Server) heartbeat() {
+	defer s.bg.Done()
+	t := time.NewTicker(s.opt.Heartbeat)
+	defer t.Stop()
+	failing := false
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), s.opt.RedisTimeout)
+		err := s.opt.Router.Heartbeat(ctx, s.opt.ID, s.peers.addr, 3*s.opt.Heartbeat)
+		cancel()
+		if err != nil && !failing {
+			s.stats.RedisErrors.Add(1)
+			s.log.Warn("heartbeat failed; retrying every period", "err", err)
+		} else if err == nil && failing {
+			s.log.Info("heartbeat restored")
+		}
+		failing = err != nil
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Shutdown stops the server: it tells every session why, releases their
+// routes in bulk, stops both engines (closing every connection) and waits
+// for the background work, all bounded by ctx. Calling it again returns the
+// first call's result.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutOnce.Do(func() { s.shutErr = s.shutdown(ctx) })
+	return s.shutErr
+}
+
+func (s *Server) shutdown(ctx context.Context) error {
+	s.closing.Store(true)
+	close(s.stop)
+	var errs []error
+	sessions := s.reg.sessions()
+	bye := codec.AppendError(nil, "server shutting down", nil)
+	routes := make(map[string]route.Route, len(sessions))
+	for _, ss := range sessions {
+		ss.gone.Store(true)
+		routes[ss.name] = ss.route(s.opt.ID)
+		_ = ss.C.AsyncWrite(bye, nil)
+	}
+	if len(routes) > 0 {
+		n, err := s.opt.Router.ReleaseAll(ctx, routes)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("server: release routes: %w", err))
+		}
+		s.log.Info("released routes", "routes", n, "sessions", len(routes))
+	}
+	for _, e := range []*engine{s.clients, s.peers} {
+		if e == nil {
+			continue
+		}
+		if err := e.eng.Stop(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			errs = append(errs, fmt.Errorf("server: stop %s engine: %w", e.name, err))
+		}
+		select {
+		case <-e.done:
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("server: %s engine: %w", e.name, ctx.Err()))
+		}
+	}
+	done := make(chan struct{})
+	go func() { s.bg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("server: background work: %w", ctx.Err()))
+	}
+	return errors.Join(errs...)
+}
+
+// newToken returns a random session token (16 hex digits).
+func newToken() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// booted wraps an event handler so that OnBoot also records the engine.
+type booted struct {
+	gnet.EventHandler
+	hook *bootHook
+}
+
+func withBoot(h gnet.EventHandler, hook *bootHook) gnet.EventHandler { return booted{h, hook} }
+
+func (b booted) OnBoot(eng gnet.Engine) gnet.Action {
+	b.hook.boot(eng)
+	return b.EventHandler.OnBoot(eng)
+}

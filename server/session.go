@@ -1,0 +1,60 @@
+package server
+
+import (
+	"sync/atomic"
+
+	"github.com/relaychat/relaychat/internal/batch"
+	"github.com/relaychat/relaychat/route"
+)
+
+// session is one client connection. Fields without a note are touched only
+// on the connection's own event loop.
+type session struct {
+	batch.Endpoint
+
+	// name and token are set on the loop before the session is put in the
+	// registry and never change while it is there, so other goroutines that
+	// found it through the registry may read them.
+	name  string
+	token string
+	// claimedOver is the token the route held before this session's claim:
+	// a concurrent login of the same name that claimed earlier but finished
+	// later recognises this session as newer by it.
+	claimedOver string
+
+	// busy is set while a request waits on Redis off the loop; the lines
+	// after it stay in gnet's inbound buffer until the result is applied, so
+	// requests are handled in the order they came.
+	busy bool
+	// result is where the off-loop worker leaves its outcome before waking
+	// the connection.
+	result atomic.Pointer[outcome]
+	// gone is set when the session is kicked or the server shuts down: its
+	// route belongs to someone else (or is released in bulk), so closing
+	// must not release it.
+	gone atomic.Bool
+}
+
+func (s *session) route(server string) route.Route {
+	return route.Route{Server: server, Token: s.token}
+}
+
+// outcome is the result of an off-loop Redis operation for a session.
+type outcome struct {
+	// login
+	login   bool
+	name    string
+	token   string
+	prev    route.Route
+	hadPrev bool
+	// chat whose route had to be looked up
+	chat  bool
+	recv  string
+	r     route.Route
+	found bool
+	// request fields that the result needs
+	content string
+	id      []byte
+	ts      int64
+	err     error
+}
