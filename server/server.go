@@ -251,19 +251,34 @@ func (s *Server) shutdown(ctx context.Context) error {
 		}
 		s.log.Info("released routes", "routes", n, "sessions", len(routes))
 	}
+	// gnet's Stop polls every 500ms: stop both engines at once.
+	var mu sync.Mutex
+	var wg sync.WaitGroup
 	for _, e := range []*engine{s.clients, s.peers} {
 		if e == nil {
 			continue
 		}
-		if err := e.eng.Stop(ctx); err != nil && !errors.Is(err, context.Canceled) {
-			errs = append(errs, fmt.Errorf("server: stop %s engine: %w", e.name, err))
-		}
-		select {
-		case <-e.done:
-		case <-ctx.Done():
-			errs = append(errs, fmt.Errorf("server: %s engine: %w", e.name, ctx.Err()))
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			if e2 := e.eng.Stop(ctx); e2 != nil && !errors.Is(e2, context.Canceled) {
+				err = fmt.Errorf("server: stop %s engine: %w", e.name, e2)
+			} else {
+				select {
+				case <-e.done:
+				case <-ctx.Done():
+					err = fmt.Errorf("server: %s engine: %w", e.name, ctx.Err())
+				}
+			}
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
 	}
+	wg.Wait()
 	done := make(chan struct{})
 	go func() { s.bg.Wait(); close(done) }()
 	select {

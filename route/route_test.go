@@ -1,0 +1,263 @@
+package route_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/relaychat/relaychat/internal/testenv"
+	"github.com/relaychat/relaychat/route"
+)
+
+func newStore(t *testing.T, addr string, o route.Options) *route.Store {
+	t.Helper()
+	o.Addrs = []string{addr}
+	if o.Prefix == "" {
+		o.Prefix = "t" + strings.ReplaceAll(t.Name(), "/", "_") + ":"
+	}
+	s, err := route.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func TestParseRoute(t *testing.T) {
+	for _, bad := range []string{"", "s1", "s1 ", " tok", "s1 a b", "s1\ttok"} {
+		if _, err := route.ParseRoute(bad); !errors.Is(err, route.ErrMalformed) {
+			t.Errorf("ParseRoute(%q) = %v, want ErrMalformed", bad, err)
+		}
+	}
+	r, err := route.ParseRoute("s1 abc")
+	if err != nil || r != (route.Route{Server: "s1", Token: "abc"}) {
+		t.Fatalf("ParseRoute = %v, %v", r, err)
+	}
+	if r.Encode() != "s1 abc" {
+		t.Fatalf("Encode = %q", r.Encode())
+	}
+}
+
+func TestRoutePatternEscapesPrefix(t *testing.T) {
+	if got := route.RoutePattern("a*b:"); got != `a\*b:route:*` {
+		t.Fatalf("RoutePattern = %q", got)
+	}
+}
+
+func TestClaimReleaseCompareAndDelete(t *testing.T) {
+	rd := testenv.Redis(t)
+	s := newStore(t, rd.Addr, route.Options{})
+	ctx := context.Background()
+	a := route.Route{Server: "s1", Token: "t1"}
+	b := route.Route{Server: "s2", Token: "t2"}
+
+	if _, had, err := s.Claim(ctx, "alice", a); err != nil || had {
+		t.Fatalf("first claim: had=%v err=%v", had, err)
+	}
+	prev, had, err := s.Claim(ctx, "alice", b)
+	if err != nil || !had || prev != a {
+		t.Fatalf("second claim: prev=%v had=%v err=%v, want %v", prev, had, err, a)
+	}
+	// The older session's release must not erase the newer login.
+	if ok, err := s.Release(ctx, "alice", a); err != nil || ok {
+		t.Fatalf("stale release: deleted=%v err=%v", ok, err)
+	}
+	if r, ok, err := s.FreshLookup(ctx, "alice"); err != nil || !ok || r != b {
+		t.Fatalf("after stale release: %v %v %v, want %v", r, ok, err, b)
+	}
+	if ok, err := s.Release(ctx, "alice", b); err != nil || !ok {
+		t.Fatalf("own release: deleted=%v err=%v", ok, err)
+	}
+	if _, ok, err := s.FreshLookup(ctx, "alice"); err != nil || ok {
+		t.Fatalf("after release: ok=%v err=%v", ok, err)
+	}
+	if _, _, err := s.Claim(ctx, "x", route.Route{Server: "s 1", Token: "t"}); err == nil {
+		t.Fatal("claim with a space in the server id succeeded")
+	}
+}
+
+// TestConcurrentReleaseAndClaim races a stale release against a new claim
+// many times: the newest claim must always survive.
+func TestConcurrentReleaseAndClaim(t *testing.T) {
+	rd := testenv.Redis(t)
+	s := newStore(t, rd.Addr, route.Options{})
+	ctx := context.Background()
+	for i := 0; i < 200; i++ {
+		name := fmt.Sprintf("u%d", i)
+		old := route.Route{Server: "s1", Token: "old"}
+		newer := route.Route{Server: "s2", Token: "new"}
+		if _, _, err := s.Claim(ctx, name, old); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		wg.Add(2)
+		var relErr, claimErr error
+		go func() { defer wg.Done(); _, relErr = s.Release(ctx, name, old) }()
+		go func() { defer wg.Done(); _, _, claimErr = s.Claim(ctx, name, newer) }()
+		wg.Wait()
+		if relErr != nil || claimErr != nil {
+			t.Fatal(relErr, claimErr)
+		}
+		if r, ok, err := s.FreshLookup(ctx, name); err != nil || !ok || r != newer {
+			t.Fatalf("%s: route %v ok=%v err=%v, want %v", name, r, ok, err, newer)
+		}
+	}
+}
+
+func TestClearServerAndReleaseAll(t *testing.T) {
+	rd := testenv.Redis(t)
+	s := newStore(t, rd.Addr, route.Options{})
+	ctx := context.Background()
+	const n = 700 // more than one SCAN page and one batch
+	mine := make(map[string]route.Route)
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("u%d", i)
+		server := "s1"
+		if i%3 == 0 {
+			server = "s10" // shares the prefix "s1" but is another server
+		}
+		r := route.Route{Server: server, Token: fmt.Sprint(i)}
+		if _, _, err := s.Claim(ctx, name, r); err != nil {
+			t.Fatal(err)
+		}
+		if server == "s10" {
+			mine[name] = r
+		}
+	}
+	deleted, err := s.ClearServer(ctx, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := n - len(mine); deleted != want {
+		t.Fatalf("ClearServer deleted %d, want %d", deleted, want)
+	}
+	// s10's routes are intact; one is now stale (claimed elsewhere).
+	mine["u0"] = route.Route{Server: "s10", Token: "stale"}
+	deleted, err = s.ReleaseAll(ctx, mine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := len(mine) - 1; deleted != want {
+		t.Fatalf("ReleaseAll deleted %d, want %d", deleted, want)
+	}
+	if _, ok, _ := s.FreshLookup(ctx, "u0"); !ok {
+		t.Fatal("ReleaseAll deleted a route whose token did not match")
+	}
+}
+
+// TestCachedLookupInvalidation: a route read through the cache is served
+// locally afterwards, and another client's write invalidates it.
+func TestCachedLookupInvalidation(t *testing.T) {
+	rd := testenv.Redis(t)
+	prefix := "inv:"
+	reader := newStore(t, rd.Addr, route.Options{Prefix: prefix})
+	writer := newStore(t, rd.Addr, route.Options{Prefix: prefix})
+	ctx := context.Background()
+	a := route.Route{Server: "s1", Token: "a"}
+	if _, _, err := writer.Claim(ctx, "bob", a); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, hit := reader.CachedLookup("bob"); hit {
+		t.Fatal("hit before any lookup")
+	}
+	if r, ok, err := reader.Lookup(ctx, "bob"); err != nil || !ok || r != a {
+		t.Fatalf("Lookup = %v %v %v", r, ok, err)
+	}
+	if r, ok, hit := reader.CachedLookup("bob"); !hit || !ok || r != a {
+		t.Fatalf("CachedLookup after Lookup = %v ok=%v hit=%v", r, ok, hit)
+	}
+	b := route.Route{Server: "s2", Token: "b"}
+	if _, _, err := writer.Claim(ctx, "bob", b); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r, _, hit := reader.CachedLookup("bob")
+		if !hit || r == b {
+			break // invalidated (miss) or already refreshed
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cache still serves %v 5s after another client's write", r)
+		}
+		time.Sleep(time.Millisecond) // poll interval, not synchronisation
+	}
+	if r, ok, err := reader.Lookup(ctx, "bob"); err != nil || !ok || r != b {
+		t.Fatalf("Lookup after move = %v %v %v, want %v", r, ok, err, b)
+	}
+	// Offline users are cached too.
+	if _, ok, err := reader.Lookup(ctx, "nobody"); err != nil || ok {
+		t.Fatalf("Lookup(nobody) ok=%v err=%v", ok, err)
+	}
+	if _, ok, hit := reader.CachedLookup("nobody"); !hit || ok {
+		t.Fatalf("CachedLookup(nobody) ok=%v hit=%v, want a cached miss", ok, hit)
+	}
+}
+
+func TestHeartbeatAndServers(t *testing.T) {
+	rd := testenv.Redis(t)
+	s := newStore(t, rd.Addr, route.Options{})
+	ctx := context.Background()
+	if err := s.Heartbeat(ctx, "s1", "127.0.0.1:9601", 3*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Heartbeat(ctx, "s2", "127.0.0.1:9602", 50*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.Servers(ctx)
+	if err != nil || m["s1"] != "127.0.0.1:9601" || m["s2"] != "127.0.0.1:9602" {
+		t.Fatalf("Servers = %v, %v", m, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m, err = s.Servers(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := m["s2"]; !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("expired heartbeat still listed")
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval
+	}
+	if alive, err := s.Alive(ctx, "s1"); err != nil || !alive {
+		t.Fatalf("Alive(s1) = %v, %v", alive, err)
+	}
+}
+
+// TestRedisDownFailsFast: with Redis gone, blocking calls fail within the
+// timeout and CachedLookup still never blocks.
+func TestRedisDownFailsFast(t *testing.T) {
+	rd := testenv.Redis(t)
+	s := newStore(t, rd.Addr, route.Options{Timeout: 300 * time.Millisecond})
+	ctx := context.Background()
+	if _, _, err := s.Lookup(ctx, "warm"); err != nil {
+		t.Fatal(err)
+	}
+	rd.Kill()
+	start := time.Now()
+	if _, _, err := s.Claim(ctx, "x", route.Route{Server: "s1", Token: "t"}); err == nil {
+		t.Fatal("Claim succeeded with Redis down")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("Claim took %v with a 300ms timeout", d)
+	}
+	start = time.Now()
+	s.CachedLookup("warm")
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Fatalf("CachedLookup blocked %v with Redis down", d)
+	}
+	rd.Restart(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Ping(ctx) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("store did not reconnect after Redis came back")
+		}
+		time.Sleep(20 * time.Millisecond) // poll interval
+	}
+}

@@ -1,0 +1,321 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/relaychat/relaychat/internal/testenv"
+	"github.com/relaychat/relaychat/proxy"
+	"github.com/relaychat/relaychat/route"
+	"github.com/relaychat/relaychat/server"
+)
+
+const wait = 10 * time.Second
+
+type cluster struct {
+	redis   *testenv.RedisProc
+	servers []*server.Server
+	stores  []*route.Store
+	proxy   *proxy.Proxy
+	prefix  string
+}
+
+func testLogger() *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// startCluster starts n in-process servers and a proxy on loopback against a
+// private Redis. tune may adjust each server's options.
+func startCluster(t *testing.T, n int, noCache bool, tune func(*server.Options)) *cluster {
+	t.Helper()
+	c := &cluster{redis: testenv.Redis(t), prefix: "p" + strings.ReplaceAll(t.Name(), "/", "_") + ":"}
+	peers := map[string]string{}
+	for i := 1; i <= n; i++ {
+		st, err := route.New(route.Options{Addrs: []string{c.redis.Addr}, Prefix: c.prefix, DisableCache: noCache})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(st.Close)
+		o := server.Options{
+			ID: fmt.Sprintf("s%d", i), Listen: "127.0.0.1:0", PeerListen: "127.0.0.1:0",
+			Router: st, Loops: 2, Logger: testLogger(),
+		}
+		if tune != nil {
+			tune(&o)
+		}
+		srv, err := server.New(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := srv.Shutdown(ctx); err != nil {
+				t.Errorf("shutdown %s: %v", o.ID, err)
+			}
+		})
+		c.servers = append(c.servers, srv)
+		c.stores = append(c.stores, st)
+		peers[o.ID] = srv.PeerAddr()
+	}
+	p, err := proxy.New(proxy.Options{Servers: peers, Loops: 2, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = p.Shutdown(ctx)
+	})
+	select {
+	case <-p.Ready():
+	case <-time.After(wait):
+		t.Fatal("proxy not ready")
+	}
+	c.proxy = p
+	return c
+}
+
+func (c *cluster) login(t *testing.T, i int, name string) *testenv.Client {
+	t.Helper()
+	cl := testenv.Dial(t, c.servers[i].ClientAddr())
+	cl.Send(t, fmt.Sprintf(`{"cmd":"login","name":%q}`, name))
+	cl.Expect(t, wait, map[string]any{"cmd": "login", "ok": true, "name": name})
+	return cl
+}
+
+// TestOrderUnderForcedMisses turns the route cache off, so every chat to a
+// user on the other server is looked up off the event loop, and checks that
+// 1,000 such chats, interleaved with local ones, arrive in order, and that
+// their acks come back in order too.
+func TestOrderUnderForcedMisses(t *testing.T) {
+	c := startCluster(t, 2, true, nil)
+	alice := c.login(t, 0, "alice")
+	local := c.login(t, 0, "carol")
+	bob := c.login(t, 1, "bob")
+	const n = 1000
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, `{"cmd":"chat","recv":"bob","content":"m%d","id":%d}`+"\n", i, 2*i)
+		fmt.Fprintf(&b, `{"cmd":"chat","recv":"carol","content":"m%d","id":%d}`+"\n", i, 2*i+1)
+	}
+	alice.SendRaw(t, []byte(b.String()))
+	for i := 0; i < n; i++ {
+		want := fmt.Sprintf("m%d", i)
+		if got := bob.Expect(t, wait, map[string]any{"cmd": "chat"}); got["content"] != want || got["send"] != "alice" {
+			t.Fatalf("bob got %v, want content %s", got, want)
+		}
+		if got := local.Expect(t, wait, map[string]any{"cmd": "chat"}); got["content"] != want {
+			t.Fatalf("carol got %v, want content %s", got, want)
+		}
+	}
+	for i := 0; i < 2*n; i++ {
+		got := alice.ReadJSON(t, wait)
+		if got["cmd"] != "ack" || got["id"] != float64(i) {
+			t.Fatalf("ack %d: got %v", i, got)
+		}
+	}
+	if m := c.servers[0].Stats().CacheMisses.Load(); m < n {
+		t.Fatalf("only %d cache misses: the test did not force lookups off the loop", m)
+	}
+}
+
+// TestConcurrentSameNameLogins races two logins of one name on one server:
+// exactly one survives, the other is kicked, and chats reach the survivor.
+func TestConcurrentSameNameLogins(t *testing.T) {
+	c := startCluster(t, 2, false, nil)
+	sender := c.login(t, 1, "sender")
+	for i := 0; i < 20; i++ {
+		name := fmt.Sprintf("dup%d", i)
+		a := testenv.Dial(t, c.servers[0].ClientAddr())
+		b := testenv.Dial(t, c.servers[0].ClientAddr())
+		line := []byte(fmt.Sprintf(`{"cmd":"login","name":%q}`+"\n", name))
+		var wg sync.WaitGroup
+		wg.Add(2)
+		for _, conn := range []net.Conn{rawConn(a), rawConn(b)} {
+			go func() { defer wg.Done(); _, _ = conn.Write(line) }()
+		}
+		wg.Wait()
+		// Each gets login ok, or is told straight away that the other,
+		// newer, login won; exactly one must end up kicked and closed.
+		kicked := 0
+		for _, cl := range []*testenv.Client{a, b} {
+			first := cl.ReadJSON(t, wait)
+			switch {
+			case first["cmd"] == "login" && first["ok"] == true:
+			case first["cmd"] == "kicked":
+				kicked++
+				cl.ExpectClosed(t, wait)
+			default:
+				t.Fatalf("first reply to a racing login: %v", first)
+			}
+		}
+		if kicked > 1 {
+			t.Fatal("both racing logins were kicked")
+		}
+		sender.Send(t, fmt.Sprintf(`{"cmd":"chat","recv":%q,"content":"hi","id":1}`, name))
+		sender.Expect(t, wait, map[string]any{"cmd": "ack"})
+		if kicked == 0 {
+			whoGot(t, a, b)
+		} else {
+			for _, cl := range []*testenv.Client{a, b} {
+				if cl.Alive() {
+					cl.Expect(t, wait, map[string]any{"cmd": "chat", "content": "hi"})
+				}
+			}
+		}
+		a.Close()
+		b.Close()
+	}
+}
+
+// whoGot checks that, of two sessions that both logged in, one receives
+// the chat and the other is kicked and closed without it.
+func whoGot(t *testing.T, a, b *testenv.Client) {
+	t.Helper()
+	outcomes := map[string]int{}
+	for _, cl := range []*testenv.Client{a, b} {
+		var seen []string
+		for {
+			line, ok := cl.NextLine(t, wait)
+			if !ok {
+				if !containsKicked(seen) {
+					t.Fatalf("closed without a kicked line: %q", seen)
+				}
+				outcomes["kicked"]++
+				break
+			}
+			seen = append(seen, line)
+			if strings.Contains(line, `"cmd":"chat"`) {
+				if containsKicked(seen) {
+					t.Fatalf("a kicked session received the chat: %q", seen)
+				}
+				outcomes["chat"]++
+				break
+			}
+		}
+	}
+	if outcomes["kicked"] != 1 || outcomes["chat"] != 1 {
+		t.Fatalf("outcomes %v, want one kicked and one chat", outcomes)
+	}
+}
+
+func containsKicked(lines []string) bool {
+	for _, l := range lines {
+		if strings.Contains(l, `"cmd":"kicked"`) {
+			return true
+		}
+	}
+	return false
+}
+
+func rawConn(c *testenv.Client) net.Conn { return c.Conn() }
+
+// TestCloseDuringLogin closes connections right after sending login: no
+// route may outlive its session, whichever of the close and the claim
+// finishes first.
+func TestCloseDuringLogin(t *testing.T) {
+	c := startCluster(t, 1, false, nil)
+	const n = 100
+	for i := 0; i < n; i++ {
+		conn, err := net.Dial("tcp", c.servers[0].ClientAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, `{"cmd":"login","name":"ghost%d"}`+"\n", i)
+		conn.Close()
+	}
+	ctx := context.Background()
+	deadline := time.Now().Add(wait)
+	for i := 0; i < n; i++ {
+		for {
+			_, ok, err := c.stores[0].FreshLookup(ctx, fmt.Sprintf("ghost%d", i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("route of ghost%d outlived its closed session", i)
+			}
+			time.Sleep(10 * time.Millisecond) // poll interval
+		}
+	}
+}
+
+// TestSlowConsumerDisconnected: a client that never reads is cut off at
+// MaxOutbound, with a counter, while others keep being served.
+func TestSlowConsumerDisconnected(t *testing.T) {
+	c := startCluster(t, 1, false, func(o *server.Options) { o.MaxOutbound = 256 << 10 })
+	sink, err := net.Dial("tcp", c.servers[0].ClientAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	if err := sink.(*net.TCPConn).SetReadBuffer(4096); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(sink, `{"cmd":"login","name":"sink"}`+"\n")
+	deadline := time.Now().Add(wait)
+	for {
+		if _, ok, _ := c.stores[0].FreshLookup(context.Background(), "sink"); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("sink never logged in")
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval
+	}
+	flood := c.login(t, 0, "flood")
+	other := c.login(t, 0, "other")
+	content := strings.Repeat("x", 8000)
+	line := fmt.Sprintf(`{"cmd":"chat","recv":"sink","content":%q}`+"\n", content)
+	for i := 0; i < 2000 && c.servers[0].Stats().SlowConsumers.Load() == 0; i++ {
+		flood.SendRaw(t, []byte(line))
+		if i%50 == 49 {
+			flood.Send(t, `{"cmd":"ping","id":1}`)
+			flood.Expect(t, wait, map[string]any{"cmd": "pong"})
+		}
+	}
+	if c.servers[0].Stats().SlowConsumers.Load() == 0 {
+		t.Fatal("16 MB sent at a client that never reads, and it was not disconnected")
+	}
+	other.Send(t, `{"cmd":"ping","id":"still"}`)
+	other.Expect(t, wait, map[string]any{"cmd": "pong", "id": "still"})
+}
+
+// TestLineTooLong: a line over MaxLine gets an error and closes only that
+// connection.
+func TestLineTooLong(t *testing.T) {
+	c := startCluster(t, 1, false, func(o *server.Options) { o.MaxLine = 1024 })
+	bad := testenv.Dial(t, c.servers[0].ClientAddr())
+	good := c.login(t, 0, "good")
+	bad.SendRaw(t, []byte(strings.Repeat("a", 5000)))
+	lines := bad.ExpectClosed(t, wait)
+	if len(lines) != 1 || !strings.Contains(lines[0], "line too long") {
+		t.Fatalf("before close got %q", lines)
+	}
+	good.Send(t, `{"cmd":"ping"}`)
+	good.Expect(t, wait, map[string]any{"cmd": "pong"})
+	if got := c.servers[0].Stats().LineTooLong.Load(); got != 1 {
+		t.Fatalf("LineTooLong = %d", got)
+	}
+}
