@@ -14,7 +14,8 @@ cleanup() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   echo "stopped everything make run started"
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap 'exit 0' INT TERM
 
 redis_up() {
   if command -v redis-cli >/dev/null 2>&1; then
