@@ -278,3 +278,48 @@ func TestValidServerID(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeDoesNotAliasLine: the request must survive reuse of the line's
+// buffer (gnet reuses its read buffer after the callback).
+func TestDecodeDoesNotAliasLine(t *testing.T) {
+	line := []byte(`{"cmd":"chat","recv":"bob","content":"hello","id":"abc"}`)
+	var r Request
+	if err := Decode(line, &r); err != nil {
+		t.Fatal(err)
+	}
+	for i := range line {
+		line[i] = 'X'
+	}
+	if r.Recv != "bob" || r.Content != "hello" || string(r.ID) != `"abc"` {
+		t.Fatalf("request changed with its line: %+v id=%s", r, r.ID)
+	}
+}
+
+// TestDecodeNullAndEmptyFields tells missing (or null) fields from empty ones.
+func TestDecodeNullAndEmptyFields(t *testing.T) {
+	cases := []struct {
+		line string
+		want error
+	}{
+		{`{"cmd":"chat","recv":"bob","content":null}`, ErrMissingContent},
+		{`{"cmd":"chat","recv":"bob","content":""}`, nil},
+		{`{"cmd":null}`, ErrMissingCmd},
+		{`{"cmd":"login","name":null}`, ErrMissingName},
+		{`{"cmd":"login","name":""}`, ErrBadName},
+		{`{"cmd":"chat","recv":null,"content":"x"}`, ErrMissingRecv},
+	}
+	for _, c := range cases {
+		var r Request
+		err := Decode([]byte(c.line), &r)
+		if c.want == nil && err != nil || c.want != nil && !errors.Is(err, c.want) {
+			t.Errorf("Decode(%s) = %v, want %v", c.line, err, c.want)
+		}
+	}
+	var r Request
+	if err := Decode([]byte(`{"cmd":"chat","send":"","recv":"bob","content":"x"}`), &r); err != nil || !r.HasSend || r.Send != "" {
+		t.Fatalf("empty send: %+v %v", r, err)
+	}
+	if err := Decode([]byte(`{"cmd":"chat","recv":"bob","content":"x"}`), &r); err != nil || r.HasSend {
+		t.Fatalf("no send: %+v %v", r, err)
+	}
+}

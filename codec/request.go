@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"unicode"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/bytedance/sonic"
 	"github.com/bytedance/sonic/decoder"
@@ -55,16 +56,27 @@ type Request struct {
 	ID []byte
 }
 
-// wire mirrors the JSON object. Pointers tell a missing field from an empty one.
+// wire mirrors the JSON object. Decode presets the fields that must tell
+// "missing" from "empty" to absent and checks afterwards, by data pointer,
+// whether sonic replaced them: this costs no allocation, where a *string
+// per field would cost one each on every request.
 type wire struct {
-	Cmd     *string         `json:"cmd"`
-	Name    *string         `json:"name"`
+	Cmd     string          `json:"cmd"`
+	Name    string          `json:"name"`
 	Token   string          `json:"token"`
-	Send    *string         `json:"send"`
-	Recv    *string         `json:"recv"`
-	Content *string         `json:"content"`
+	Send    string          `json:"send"`
+	Recv    string          `json:"recv"`
+	Content string          `json:"content"`
 	ID      json.RawMessage `json:"id"`
 }
+
+// absent is the sentinel of a field the line did not set (or set to null,
+// which leaves a Go string unchanged). No decoded string can share its
+// backing array.
+var absentByte = [1]byte{0}
+var absent = unsafe.String(&absentByte[0], 1)
+
+func isAbsent(s string) bool { return unsafe.StringData(s) == &absentByte[0] }
 
 // api rejects unescaped control characters inside strings.
 var api = sonic.Config{ValidateString: true}.Froze()
@@ -97,7 +109,7 @@ func Decode(line []byte, r *Request) error {
 		}
 		return ErrInvalidJSON
 	}
-	var w wire
+	w := wire{Cmd: absent, Name: absent, Send: absent, Recv: absent, Content: absent}
 	err := api.Unmarshal(line, &w)
 	if err != nil {
 		if !isMismatch(err) {
@@ -113,41 +125,41 @@ func Decode(line []byte, r *Request) error {
 	if err != nil {
 		return ErrFieldType
 	}
-	if w.Cmd == nil || *w.Cmd == "" {
+	if isAbsent(w.Cmd) || w.Cmd == "" {
 		return ErrMissingCmd
 	}
-	switch *w.Cmd {
+	switch w.Cmd {
 	case "login":
 		r.Cmd = CmdLogin
-		if w.Name == nil {
+		if isAbsent(w.Name) {
 			return ErrMissingName
 		}
-		r.Name, r.Token = *w.Name, w.Token
+		r.Name, r.Token = w.Name, w.Token
 		if !ValidName(r.Name) {
 			return ErrBadName
 		}
 	case "chat":
 		r.Cmd = CmdChat
-		if w.Send != nil {
-			r.Send, r.HasSend = *w.Send, true
+		if !isAbsent(w.Send) {
+			r.Send, r.HasSend = w.Send, true
 		}
-		if w.Recv == nil || *w.Recv == "" {
+		if isAbsent(w.Recv) || w.Recv == "" {
 			return ErrMissingRecv
 		}
-		r.Recv = *w.Recv
+		r.Recv = w.Recv
 		if !ValidName(r.Recv) {
 			return fmt.Errorf("%w (recv)", ErrBadName)
 		}
-		if w.Content == nil {
+		if isAbsent(w.Content) {
 			return ErrMissingContent
 		}
-		r.Content = *w.Content
+		r.Content = w.Content
 	case "ping":
 		r.Cmd = CmdPing
 	case "logout":
 		r.Cmd = CmdLogout
 	default:
-		cmd := *w.Cmd
+		cmd := w.Cmd
 		if len(cmd) > 32 {
 			cmd = cmd[:32] + "..."
 		}
@@ -211,14 +223,12 @@ func validID(raw []byte) bool {
 	return c == '"' || c == '-' || (c >= '0' && c <= '9')
 }
 
-// compactID copies raw (sonic hands out a slice of its own copy of the line,
-// which is fine to keep, but trailing whitespace is not part of the value).
+// compactID trims trailing whitespace, which is not part of the value. raw
+// is sonic's own copy, not the caller's line, so it may be kept as is.
 func compactID(raw []byte) []byte {
 	end := len(raw)
-	for end > 0 && (raw[end-1] == ' ' || raw[end-1] == '\t') {
+	for end > 0 && (raw[end-1] == ' ' || raw[end-1] == '\t' || raw[end-1] == '\r' || raw[end-1] == '\n') {
 		end--
 	}
-	out := make([]byte, end)
-	copy(out, raw)
-	return out
+	return raw[:end:end]
 }
