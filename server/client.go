@@ -23,6 +23,9 @@ const (
 	errAlreadyLoggedIn codec.ProtoError = "already logged in; logout first"
 	errPendingOverflow codec.ProtoError = "too much input while a request waits; slow down"
 	errSlowConsumer    codec.ProtoError = "not reading fast enough (slow consumer)"
+	errServerFull      codec.ProtoError = "server full, try another server or later"
+	errIdle            codec.ProtoError = "idle timeout"
+	errRateLimited     codec.ProtoError = "rate limit exceeded, slow down"
 	reasonKicked                        = "logged in elsewhere"
 )
 
@@ -39,6 +42,13 @@ type clientHandler struct {
 
 func (h *clientHandler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	s := h.s
+	if s.stats.Connections.Load() >= int64(s.opt.MaxConns) {
+		s.stats.Refused.Add(1)
+		if s.stats.Refused.Load()%1000 == 1 {
+			s.log.Warn("refusing connections: at the connection cap", "max_conns", s.opt.MaxConns, "refused_total", s.stats.Refused.Load())
+		}
+		return codec.AppendError(nil, string(errServerFull), nil), gnet.Close
+	}
 	ss := &session{}
 	ss.C = c
 	ss.Loop = h.loops.Get(c.EventLoop())
@@ -54,8 +64,12 @@ func (h *clientHandler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		s.stats.LostToClosed.Add(1)
 		s.log.Debug("output for a closed client discarded", "bytes", n)
 	}
+	now := time.Now().UnixNano()
+	ss.lastActive.Store(now)
+	ss.tokens, ss.refilled = float64(s.opt.RateBurst), now
 	c.SetContext(ss)
 	s.stats.Connections.Add(1)
+	s.all.add(ss)
 	return nil, gnet.None
 }
 
@@ -67,6 +81,7 @@ func (h *clientHandler) OnClose(c gnet.Conn, _ error) gnet.Action {
 	s := h.s
 	ss.MarkClosed()
 	s.stats.Connections.Add(-1)
+	s.all.remove(ss)
 	if ss.name != "" {
 		s.unregister(ss)
 	}
@@ -80,6 +95,9 @@ func (h *clientHandler) OnClose(c gnet.Conn, _ error) gnet.Action {
 
 func (h *clientHandler) OnTraffic(c gnet.Conn) gnet.Action {
 	ss := c.Context().(*session)
+	if h.s.opt.IdleTimeout > 0 {
+		ss.lastActive.Store(time.Now().UnixNano())
+	}
 	act := h.s.serve(ss)
 	ss.Loop.Flush()
 	return act
@@ -118,15 +136,38 @@ func (s *Server) serve(ss *session) gnet.Action {
 			break
 		}
 		consumed += n
-		if !codec.IsBlank(line) {
-			s.handle(ss, line)
+		if codec.IsBlank(line) {
+			continue
 		}
+		if s.opt.RateLimit > 0 && !s.allow(ss) {
+			s.stats.RateLimited.Add(1)
+			var req codec.Request
+			_ = codec.Decode(line, &req) // only for its id
+			s.replyErr(ss, errRateLimited, req.ID)
+			continue
+		}
+		s.handle(ss, line)
 	}
 	_, _ = c.Discard(consumed)
 	if ss.busy {
 		return s.checkPending(ss)
 	}
 	return gnet.None
+}
+
+// allow takes a token from the session's bucket, refilled at RateLimit
+// per second up to RateBurst.
+func (s *Server) allow(ss *session) bool {
+	if ss.tokens < 1 {
+		now := time.Now().UnixNano()
+		ss.tokens = min(float64(s.opt.RateBurst), ss.tokens+float64(now-ss.refilled)/1e9*s.opt.RateLimit)
+		ss.refilled = now
+		if ss.tokens < 1 {
+			return false
+		}
+	}
+	ss.tokens--
+	return true
 }
 
 // checkPending closes a session that keeps sending while one of its

@@ -62,6 +62,20 @@ type Options struct {
 	// logouts) of the whole server; a request over the cap is answered with
 	// an error. 0 means 4096.
 	MaxInflight int
+	// MaxConns caps the client connections; one more is answered with an
+	// error and closed at once. 0 means 1,000,000. Keep it below the
+	// process's open-file limit (the command derives it from RLIMIT_NOFILE):
+	// gnet stops the whole engine when accept fails with EMFILE.
+	MaxConns int
+	// IdleTimeout closes a client connection that has sent nothing (a ping
+	// is enough) for this long. 0 means no idle timeout.
+	IdleTimeout time.Duration
+	// RateLimit caps the requests per second of one connection (a token
+	// bucket of RateBurst requests); requests over it get an error and are
+	// not served. 0 means no limit.
+	RateLimit float64
+	// RateBurst is the bucket size; 0 means max(1, RateLimit).
+	RateBurst int
 	// RedisTimeout bounds one Redis operation; 0 means 2s.
 	RedisTimeout time.Duration
 	// PeerSecret, when set, is required in the hello of every link.
@@ -109,6 +123,15 @@ func (o *Options) setDefaults() error {
 	}
 	if o.MaxInflight == 0 {
 		o.MaxInflight = 4096
+	}
+	if o.MaxConns == 0 {
+		o.MaxConns = 1_000_000
+	}
+	if o.MaxConns < 0 || o.IdleTimeout < 0 || o.RateLimit < 0 || o.RateBurst < 0 {
+		return errors.New("server: max-conns, idle-timeout, rate-limit and rate-burst must not be negative")
+	}
+	if o.RateBurst == 0 {
+		o.RateBurst = max(1, int(o.RateLimit))
 	}
 	if o.RedisTimeout == 0 {
 		o.RedisTimeout = 2 * time.Second

@@ -1,6 +1,9 @@
 package server
 
-import "sync"
+import (
+	"sync"
+	"unsafe"
+)
 
 const registryShards = 64
 
@@ -91,4 +94,52 @@ func (r *registry) sessions() []*session {
 		sh.RUnlock()
 	}
 	return out
+}
+
+// sessionSet holds every open client session, logged in or not, for the
+// idle sweeper. Sharded by pointer like the registry by name.
+type sessionSet struct {
+	shards [registryShards]struct {
+		sync.Mutex
+		m map[*session]struct{}
+	}
+}
+
+func newSessionSet() *sessionSet {
+	s := &sessionSet{}
+	for i := range s.shards {
+		s.shards[i].m = make(map[*session]struct{})
+	}
+	return s
+}
+
+func (s *sessionSet) shard(ss *session) int {
+	return int(uintptr(unsafe.Pointer(ss))>>6) % registryShards
+}
+
+func (s *sessionSet) add(ss *session) {
+	sh := &s.shards[s.shard(ss)]
+	sh.Lock()
+	sh.m[ss] = struct{}{}
+	sh.Unlock()
+}
+
+func (s *sessionSet) remove(ss *session) {
+	sh := &s.shards[s.shard(ss)]
+	sh.Lock()
+	delete(sh.m, ss)
+	sh.Unlock()
+}
+
+// each calls fn for every session, one shard locked at a time; fn must not
+// block.
+func (s *sessionSet) each(fn func(*session)) {
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.Lock()
+		for ss := range sh.m {
+			fn(ss)
+		}
+		sh.Unlock()
+	}
 }

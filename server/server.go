@@ -34,6 +34,7 @@ type Server struct {
 	stats Stats
 
 	reg   *registry
+	all   *sessionSet
 	links linkSet
 	kicks *kickMemo
 
@@ -73,6 +74,7 @@ func New(o Options) (*Server, error) {
 		opt:      o,
 		log:      o.Logger.With("server", o.ID),
 		reg:      newRegistry(),
+		all:      newSessionSet(),
 		kicks:    newKickMemo(kickMemoSize, kickMemoTTL),
 		inflight: make(chan struct{}, o.MaxInflight),
 		stop:     make(chan struct{}),
@@ -144,6 +146,10 @@ func (s *Server) Start() error {
 	s.bg.Add(2)
 	go s.heartbeat()
 	go s.watchLinks()
+	if s.opt.IdleTimeout > 0 {
+		s.bg.Add(1)
+		go s.sweepIdle()
+	}
 	return nil
 }
 
@@ -219,6 +225,29 @@ func (s *Server) heartbeat() {
 		case <-s.stop:
 			return
 		case <-t.C:
+		}
+	}
+}
+
+// sweepIdle closes client connections silent for IdleTimeout.
+func (s *Server) sweepIdle() {
+	defer s.bg.Done()
+	t := time.NewTicker(max(s.opt.IdleTimeout/4, 10*time.Millisecond))
+	defer t.Stop()
+	msg := codec.AppendError(nil, string(errIdle), nil)
+	for {
+		select {
+		case <-s.stop:
+			return
+		case now := <-t.C:
+			limit := now.Add(-s.opt.IdleTimeout).UnixNano()
+			s.all.each(func(ss *session) {
+				if ss.lastActive.Load() < limit && !ss.Closed() && !ss.gone.Load() {
+					ss.lastActive.Store(now.UnixNano()) // once per timeout, not per tick
+					s.stats.IdleClosed.Add(1)
+					_ = ss.C.AsyncWrite(msg, func(c gnet.Conn, _ error) error { return c.Close() })
+				}
+			})
 		}
 	}
 }

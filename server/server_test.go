@@ -319,3 +319,83 @@ func TestLineTooLong(t *testing.T) {
 		t.Fatalf("LineTooLong = %d", got)
 	}
 }
+
+// TestConnectionCap: past MaxConns a connection is told why and closed;
+// the engine keeps accepting once there is room again.
+func TestConnectionCap(t *testing.T) {
+	c := startCluster(t, 1, false, func(o *server.Options) { o.MaxConns = 3 })
+	var held []*testenv.Client
+	for i := 0; i < 3; i++ {
+		cl := testenv.Dial(t, c.servers[0].ClientAddr())
+		cl.Send(t, `{"cmd":"ping"}`)
+		cl.Expect(t, wait, map[string]any{"cmd": "pong"})
+		held = append(held, cl)
+	}
+	extra := testenv.Dial(t, c.servers[0].ClientAddr())
+	lines := extra.ExpectClosed(t, wait)
+	if len(lines) != 1 || !strings.Contains(lines[0], "server full") {
+		t.Fatalf("over the cap got %q", lines)
+	}
+	held[0].Close()
+	deadline := time.Now().Add(wait)
+	for c.servers[0].Stats().Connections.Load() >= 3 {
+		if time.Now().After(deadline) {
+			t.Fatal("closed connection still counted")
+		}
+		time.Sleep(5 * time.Millisecond) // poll interval
+	}
+	again := testenv.Dial(t, c.servers[0].ClientAddr())
+	again.Send(t, `{"cmd":"ping"}`)
+	again.Expect(t, wait, map[string]any{"cmd": "pong"})
+}
+
+// TestIdleTimeout: a silent connection is closed with a reason; one that
+// pings stays.
+func TestIdleTimeout(t *testing.T) {
+	c := startCluster(t, 1, false, func(o *server.Options) { o.IdleTimeout = 300 * time.Millisecond })
+	idle := testenv.Dial(t, c.servers[0].ClientAddr())
+	busy := c.login(t, 0, "busy")
+	// Ping from the test goroutine until the idle one is closed.
+	deadline := time.Now().Add(wait)
+	for c.servers[0].Stats().IdleClosed.Load() == 0 {
+		busy.Send(t, `{"cmd":"ping"}`)
+		busy.Expect(t, wait, map[string]any{"cmd": "pong"})
+		if time.Now().After(deadline) {
+			t.Fatal("idle connection not closed")
+		}
+		time.Sleep(50 * time.Millisecond) // the pace of a pinging client
+	}
+	lines := idle.ExpectClosed(t, wait)
+	if len(lines) != 1 || !strings.Contains(lines[0], "idle timeout") {
+		t.Fatalf("idle connection got %q", lines)
+	}
+	busy.Send(t, `{"cmd":"ping","id":"alive"}`)
+	busy.Expect(t, wait, map[string]any{"cmd": "pong", "id": "alive"})
+}
+
+// TestRateLimit: a burst over the bucket gets errors with ids; requests
+// within it are served.
+func TestRateLimit(t *testing.T) {
+	c := startCluster(t, 1, false, func(o *server.Options) { o.RateLimit = 1; o.RateBurst = 5 })
+	cl := testenv.Dial(t, c.servers[0].ClientAddr())
+	var b strings.Builder
+	for i := 0; i < 20; i++ {
+		fmt.Fprintf(&b, `{"cmd":"ping","id":%d}`+"\n", i)
+	}
+	cl.SendRaw(t, []byte(b.String()))
+	pongs, limited := 0, 0
+	for i := 0; i < 20; i++ {
+		m := cl.ReadJSON(t, wait)
+		switch {
+		case m["cmd"] == "pong":
+			pongs++
+		case m["cmd"] == "error" && strings.Contains(fmt.Sprint(m["error"]), "rate limit") && m["id"] == float64(i):
+			limited++
+		default:
+			t.Fatalf("reply %d: %v", i, m)
+		}
+	}
+	if pongs < 5 || pongs > 6 || limited != 20-pongs {
+		t.Fatalf("pongs %d limited %d, want about 5 served and the rest refused", pongs, limited)
+	}
+}

@@ -33,6 +33,13 @@ type session struct {
 	// route belongs to someone else (or is released in bulk), so closing
 	// must not release it.
 	gone atomic.Bool
+
+	// lastActive is the unix-nano time of the last bytes received, read by
+	// the idle sweeper.
+	lastActive atomic.Int64
+	// tokens and refilled are the rate limiter's bucket (loop only).
+	tokens   float64
+	refilled int64
 }
 
 func (s *session) route(server string) route.Route {

@@ -27,6 +27,9 @@ type Stats struct {
 	LinkAuthFailures  atomic.Int64 // links refused for a bad hello or secret
 	LostToClosed      atomic.Int64 // batches of output for a client that closed before they were written
 	LinkLost          atomic.Int64 // batches of frames for a link that closed before they were written
+	Refused           atomic.Int64 // connections refused at MaxConns
+	IdleClosed        atomic.Int64 // connections closed by IdleTimeout
+	RateLimited       atomic.Int64 // requests refused by RateLimit
 	LinksUp           atomic.Int64
 }
 
@@ -55,6 +58,9 @@ func (s *Stats) Snapshot() map[string]int64 {
 		"link_auth_failures":  s.LinkAuthFailures.Load(),
 		"lost_to_closed":      s.LostToClosed.Load(),
 		"link_lost":           s.LinkLost.Load(),
+		"refused":             s.Refused.Load(),
+		"idle_closed":         s.IdleClosed.Load(),
+		"rate_limited":        s.RateLimited.Load(),
 		"links_up":            s.LinksUp.Load(),
 	}
 }

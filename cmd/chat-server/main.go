@@ -17,6 +17,10 @@ import (
 
 const prog = "chat-server"
 
+// connReserve is how many descriptors the derived connection cap leaves
+// for everything that is not a client.
+const connReserve = 128
+
 func main() {
 	fs := flag.NewFlagSet(prog, flag.ExitOnError)
 	fs.Usage = func() {
@@ -39,9 +43,14 @@ func main() {
 		redisTO     = fs.Duration("redis-timeout", 2*time.Second, "timeout of one Redis operation")
 		cacheTTL    = fs.Duration("route-cache-ttl", route.DefaultCacheTTL, "how long a route stays in the client-side cache at most")
 		noCache     = fs.Bool("no-route-cache", false, "disable client-side caching of routes (for comparison)")
+		maxConns    = fs.Int("max-conns", 0, "client connections at most; 0 = the open-file limit minus a reserve")
+		idleTO      = fs.Duration("idle-timeout", 5*time.Minute, "close a client silent this long (a ping keeps it open); 0 = never")
+		rateLimit   = fs.Float64("rate-limit", 0, "requests per second per connection; 0 = no limit")
+		rateBurst   = fs.Int("rate-burst", 0, "burst of -rate-limit; 0 = one second's worth")
 		peerSecret  = fs.String("peer-secret", "", "secret every proxy link must present in its hello")
 		linkTO      = fs.Duration("link-timeout", 5*time.Second, "close a proxy link silent for this long")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
+		pprofAddr   = fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 	)
 	_ = fs.Parse(os.Args[1:])
 	if fs.NArg() > 0 {
@@ -58,11 +67,16 @@ func main() {
 		}
 		*id = "s" + port
 	}
-	if n, err := cli.RaiseNoFile(); err != nil {
+	cli.ServePprof(*pprofAddr, log)
+	nofile, err := cli.RaiseNoFile()
+	if err != nil {
 		log.Warn("could not raise the open-file limit", "err", err)
-	} else {
-		log.Debug("open-file limit", "nofile", n)
 	}
+	if *maxConns == 0 && nofile > 0 {
+		// Keep descriptors for Redis, links, logs and the listeners.
+		*maxConns = max(1, int(nofile)-connReserve)
+	}
+	log.Info("connection cap", "max_conns", *maxConns, "nofile", nofile)
 	store, err := route.New(route.Options{
 		Addrs:        cli.SplitList(*redisAddr),
 		Prefix:       *prefix,
@@ -89,6 +103,10 @@ func main() {
 		RedisTimeout:    *redisTO,
 		PeerSecret:      *peerSecret,
 		LinkTimeout:     *linkTO,
+		MaxConns:        *maxConns,
+		IdleTimeout:     *idleTO,
+		RateLimit:       *rateLimit,
+		RateBurst:       *rateBurst,
 		Logger:          log,
 	})
 	if err != nil {

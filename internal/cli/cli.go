@@ -6,6 +6,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof" // served by ServePprof only when asked
 	"os"
 	"os/signal"
 	"strings"
@@ -62,4 +64,19 @@ func SplitList(s string) []string {
 func Fatal(prog string, err error, exit int) {
 	fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
 	os.Exit(exit)
+}
+
+// ServePprof serves net/http/pprof on addr (e.g. 127.0.0.1:6060) in the
+// background when addr is not empty. Profiling is opt-in and should stay on
+// loopback.
+func ServePprof(addr string, log *slog.Logger) {
+	if addr == "" {
+		return
+	}
+	go func() {
+		log.Info("pprof listening", "addr", addr)
+		if err := http.ListenAndServe(addr, nil); err != nil {
+			log.Error("pprof server", "err", err)
+		}
+	}()
 }
