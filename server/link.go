@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/subtle"
 	"sync"
 	"sync/atomic"
@@ -204,13 +205,12 @@ func (s *Server) frame(lk *link, line []byte) {
 			return
 		}
 		// The recipient left or moved after the sender looked the route up:
-		// tell the sender rather than drop it.
-		s.stats.Bounced.Add(1)
-		payload := codec.AppendError(l.Scratch[:0], string(errOffline), f.ID)
-		payload = payload[:len(payload)-1]
-		out := l.Out(&lk.Endpoint)
-		*out = codec.AppendFrame(*out, codec.KindError, string(f.Src), s.opt.ID, f.Hops, "", string(f.Send), f.ID, payload)
-		l.Scratch = payload[:0]
+		// look again, uncached, off the loop, and re-route once; or tell the
+		// sender. Never drop it.
+		if f.Hops < maxHops && s.reroute(&f) {
+			return
+		}
+		s.bounce(l, lk, &f, errOffline)
 	case codec.KindError:
 		if ss := s.reg.get(string(f.Recv)); ss != nil {
 			out := l.Out(&ss.Endpoint)
@@ -236,6 +236,97 @@ func (s *Server) frame(lk *link, line []byte) {
 		s.stats.DroppedBadFrame.Add(1)
 		s.log.Warn("dropping link frame of unknown kind", "proxy", lk.proxy, "kind", string(f.Kind))
 	}
+}
+
+// maxHops is how many times a chat may be re-routed after reaching a
+// server its recipient has left.
+const maxHops = 1
+
+// bounce sends a chat frame's sender an error through lk.
+func (s *Server) bounce(l *batch.Loop, lk *link, f *codec.Frame, reason codec.ProtoError) {
+	s.stats.Bounced.Add(1)
+	payload := codec.AppendError(l.Scratch[:0], string(reason), f.ID)
+	payload = payload[:len(payload)-1]
+	out := l.Out(&lk.Endpoint)
+	*out = codec.AppendFrame(*out, codec.KindError, string(f.Src), s.opt.ID, f.Hops, "", string(f.Send), f.ID, payload)
+	l.Scratch = payload[:0]
+}
+
+// rerouteJob is a chat frame waiting for a fresh route lookup. Its fields
+// are copies: the frame's slices alias gnet's buffer.
+type rerouteJob struct {
+	src, send, recv string
+	hops            int
+	id, payload     []byte
+}
+
+// reroute queues f for the re-route worker; false means the queue is full
+// (the caller bounces the chat).
+func (s *Server) reroute(f *codec.Frame) bool {
+	j := rerouteJob{
+		src: string(f.Src), send: string(f.Send), recv: string(f.Recv), hops: f.Hops,
+		id: append([]byte(nil), f.ID...), payload: append([]byte(nil), f.Payload...),
+	}
+	select {
+	case s.reroutes <- j:
+		return true
+	default:
+		s.stats.RerouteOverflow.Add(1)
+		s.log.Warn("re-route queue full; bouncing the chat", "user", j.recv, "queue", cap(s.reroutes))
+		return false
+	}
+}
+
+// rerouteWorker resolves queued chats one at a time, in arrival order, so
+// re-routed chats from one sender keep their order. It writes only with
+// AsyncWrite, which is safe off the loops.
+func (s *Server) rerouteWorker() {
+	defer s.bg.Done()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case j := <-s.reroutes:
+			s.rerouteOne(j)
+		}
+	}
+}
+
+func (s *Server) rerouteOne(j rerouteJob) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opt.RedisTimeout)
+	r, found, err := s.opt.Router.FreshLookup(ctx, j.recv)
+	cancel()
+	reason := errOffline
+	switch {
+	case err != nil:
+		s.stats.RedisErrors.Add(1)
+		reason = errRoutingDown
+	case found && r.Server == s.opt.ID:
+		if ss := s.reg.get(j.recv); ss != nil {
+			// Logged in here meanwhile.
+			_ = ss.C.AsyncWrite(append(j.payload, '\n'), nil)
+			s.stats.Rerouted.Add(1)
+			return
+		}
+	case found:
+		if lk := s.links.pick(j.recv); lk != nil {
+			frame := codec.AppendFrame(nil, codec.KindMsg, r.Server, s.opt.ID, j.hops+1, j.send, j.recv, j.id, j.payload)
+			_ = lk.C.AsyncWrite(frame, nil)
+			s.stats.Rerouted.Add(1)
+			return
+		}
+		reason = errNoForwarding
+	}
+	lk := s.links.pick(j.send)
+	if lk == nil {
+		s.stats.DroppedNoSender.Add(1)
+		s.log.Warn("cannot bounce a chat: no forwarding link", "sender", j.send, "recipient", j.recv, "reason", string(reason))
+		return
+	}
+	s.stats.Bounced.Add(1)
+	payload := codec.AppendError(nil, string(reason), j.id)
+	frame := codec.AppendFrame(nil, codec.KindError, j.src, s.opt.ID, j.hops, "", j.send, j.id, payload[:len(payload)-1])
+	_ = lk.C.AsyncWrite(frame, nil)
 }
 
 // watchLinks closes links that have been silent for LinkTimeout; proxies

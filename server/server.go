@@ -41,6 +41,9 @@ type Server struct {
 	clients *engine // the client port
 	peers   *engine // the peer port
 
+	// reroutes feeds rerouteWorker; its capacity bounds the chats waiting
+	// for a fresh lookup.
+	reroutes chan rerouteJob
 	// inflight bounds the off-loop Redis operations of the whole server.
 	inflight chan struct{}
 	// closing is set at the start of Shutdown: closing sessions then leave
@@ -52,6 +55,10 @@ type Server struct {
 	shutOnce sync.Once
 	shutErr  error
 }
+
+// rerouteQueue bounds the chats waiting for a fresh route lookup after
+// reaching a server their recipient had left.
+const rerouteQueue = 4096
 
 // engine is one gnet engine and what its OnBoot learnt.
 type engine struct {
@@ -77,6 +84,7 @@ func New(o Options) (*Server, error) {
 		all:      newSessionSet(),
 		kicks:    newKickMemo(kickMemoSize, kickMemoTTL),
 		inflight: make(chan struct{}, o.MaxInflight),
+		reroutes: make(chan rerouteJob, rerouteQueue),
 		stop:     make(chan struct{}),
 	}
 	return s, nil
@@ -143,9 +151,10 @@ func (s *Server) Start() error {
 	s.log.Info("client listener ready", "addr", s.clients.addr)
 	s.log.Info("peer listener ready", "addr", s.peers.addr)
 
-	s.bg.Add(2)
+	s.bg.Add(3)
 	go s.heartbeat()
 	go s.watchLinks()
+	go s.rerouteWorker()
 	if s.opt.IdleTimeout > 0 {
 		s.bg.Add(1)
 		go s.sweepIdle()

@@ -42,35 +42,10 @@ func startCluster(t *testing.T, n int, noCache bool, tune func(*server.Options))
 	c := &cluster{redis: testenv.Redis(t), prefix: "p" + strings.ReplaceAll(t.Name(), "/", "_") + ":"}
 	peers := map[string]string{}
 	for i := 1; i <= n; i++ {
-		st, err := route.New(route.Options{Addrs: []string{c.redis.Addr}, Prefix: c.prefix, DisableCache: noCache})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(st.Close)
-		o := server.Options{
-			ID: fmt.Sprintf("s%d", i), Listen: "127.0.0.1:0", PeerListen: "127.0.0.1:0",
-			Router: st, Loops: 2, Logger: testLogger(),
-		}
-		if tune != nil {
-			tune(&o)
-		}
-		srv, err := server.New(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := srv.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := srv.Shutdown(ctx); err != nil {
-				t.Errorf("shutdown %s: %v", o.ID, err)
-			}
-		})
+		srv, st := startServer(t, c.redis.Addr, c.prefix, fmt.Sprintf("s%d", i), noCache, tune)
 		c.servers = append(c.servers, srv)
 		c.stores = append(c.stores, st)
-		peers[o.ID] = srv.PeerAddr()
+		peers[fmt.Sprintf("s%d", i)] = srv.PeerAddr()
 	}
 	p, err := proxy.New(proxy.Options{Servers: peers, Loops: 2, Logger: testLogger()})
 	if err != nil {
@@ -91,6 +66,39 @@ func startCluster(t *testing.T, n int, noCache bool, tune func(*server.Options))
 	}
 	c.proxy = p
 	return c
+}
+
+// startServer starts one in-process server on loopback; it is shut down in
+// t.Cleanup.
+func startServer(t *testing.T, redisAddr, prefix, id string, noCache bool, tune func(*server.Options)) (*server.Server, *route.Store) {
+	t.Helper()
+	st, err := route.New(route.Options{Addrs: []string{redisAddr}, Prefix: prefix, DisableCache: noCache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	o := server.Options{
+		ID: id, Listen: "127.0.0.1:0", PeerListen: "127.0.0.1:0",
+		Router: st, Loops: 2, Logger: testLogger(),
+	}
+	if tune != nil {
+		tune(&o)
+	}
+	srv, err := server.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown %s: %v", id, err)
+		}
+	})
+	return srv, st
 }
 
 func (c *cluster) login(t *testing.T, i int, name string) *testenv.Client {
@@ -397,5 +405,68 @@ func TestRateLimit(t *testing.T) {
 	}
 	if pongs < 5 || pongs > 6 || limited != 20-pongs {
 		t.Fatalf("pongs %d limited %d, want about 5 served and the rest refused", pongs, limited)
+	}
+}
+
+// fakeProxy links to a server's peer port like a proxy and reads its frames.
+func fakeProxy(t *testing.T, srv *server.Server) *testenv.Client {
+	t.Helper()
+	p := testenv.Dial(t, srv.PeerAddr())
+	p.Send(t, "H proxy fake -")
+	if got := p.ReadLine(t, wait); !strings.HasPrefix(got, "H server ") {
+		t.Fatalf("hello answered %q", got)
+	}
+	return p
+}
+
+// TestRerouteAfterMove: a chat that reaches a server its recipient has left
+// is re-routed once by a fresh lookup, bounced at the hop limit, and bounced
+// when the recipient is offline: never dropped.
+func TestRerouteAfterMove(t *testing.T) {
+	rd := testenv.Redis(t)
+	srv, st := startServer(t, rd.Addr, "rr:", "s2", false, nil)
+	p := fakeProxy(t, srv)
+	if _, _, err := st.Claim(context.Background(), "bob", route.Route{Server: "s3", Token: "t"}); err != nil {
+		t.Fatal(err)
+	}
+	payload := `{"cmd":"chat","send":"alice","recv":"bob","content":"hi","ts":1}`
+	p.Send(t, "M s2 s1 0 alice bob 3:\"x\" "+payload)
+	if got, want := p.ReadLine(t, wait), "M s3 s2 1 alice bob 3:\"x\" "+payload; got != want {
+		t.Fatalf("re-routed frame\n got %q\nwant %q", got, want)
+	}
+	// At the hop limit it goes back to the sender as an error.
+	p.Send(t, "M s2 s1 1 alice bob 1:7 "+payload)
+	if got := p.ReadLine(t, wait); got != `E s1 s2 1 - alice 1:7 {"cmd":"error","error":"recipient not online","id":7}` {
+		t.Fatalf("bounce at hop limit: %q", got)
+	}
+	// Offline recipient: bounced after the fresh lookup.
+	p.Send(t, "M s2 s1 0 alice nobody 0: "+strings.ReplaceAll(payload, "bob", "nobody"))
+	if got := p.ReadLine(t, wait); got != `E s1 s2 0 - alice 0: {"cmd":"error","error":"recipient not online"}` {
+		t.Fatalf("bounce for an offline user: %q", got)
+	}
+	if n := srv.Stats().Rerouted.Load(); n != 1 {
+		t.Fatalf("Rerouted = %d", n)
+	}
+}
+
+// TestPeerSecret: with a peer secret, a link without it (or a client on the
+// peer port) is closed; one that presents it is served.
+func TestPeerSecret(t *testing.T) {
+	rd := testenv.Redis(t)
+	srv, _ := startServer(t, rd.Addr, "ps:", "s1", false, func(o *server.Options) { o.PeerSecret = "s3cret" })
+	for _, hello := range []string{"H proxy x -", "H proxy x wrong", `{"cmd":"login","name":"router"}`} {
+		cl := testenv.Dial(t, srv.PeerAddr())
+		cl.Send(t, hello)
+		if lines := cl.ExpectClosed(t, wait); len(lines) != 0 {
+			t.Fatalf("%q answered %q", hello, lines)
+		}
+	}
+	if n := srv.Stats().LinkAuthFailures.Load(); n != 2 {
+		t.Fatalf("LinkAuthFailures = %d, want 2", n)
+	}
+	cl := testenv.Dial(t, srv.PeerAddr())
+	cl.Send(t, "H proxy x s3cret")
+	if got := cl.ReadLine(t, wait); got != "H server s1 -" {
+		t.Fatalf("hello with the secret answered %q", got)
 	}
 }

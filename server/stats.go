@@ -27,6 +27,8 @@ type Stats struct {
 	LinkAuthFailures  atomic.Int64 // links refused for a bad hello or secret
 	LostToClosed      atomic.Int64 // batches of output for a client that closed before they were written
 	LinkLost          atomic.Int64 // batches of frames for a link that closed before they were written
+	Rerouted          atomic.Int64 // chats sent on after a fresh lookup found their recipient elsewhere
+	RerouteOverflow   atomic.Int64 // chats bounced because the re-route queue was full
 	Refused           atomic.Int64 // connections refused at MaxConns
 	IdleClosed        atomic.Int64 // connections closed by IdleTimeout
 	RateLimited       atomic.Int64 // requests refused by RateLimit
@@ -58,6 +60,8 @@ func (s *Stats) Snapshot() map[string]int64 {
 		"link_auth_failures":  s.LinkAuthFailures.Load(),
 		"lost_to_closed":      s.LostToClosed.Load(),
 		"link_lost":           s.LinkLost.Load(),
+		"rerouted":            s.Rerouted.Load(),
+		"reroute_overflow":    s.RerouteOverflow.Load(),
 		"refused":             s.Refused.Load(),
 		"idle_closed":         s.IdleClosed.Load(),
 		"rate_limited":        s.RateLimited.Load(),
