@@ -119,6 +119,11 @@ type Store struct {
 	// state is a generation counter shifted left by one, with bit 0 set while
 	// the connection serving the cache is suspected down. See cacheDown.
 	state atomic.Uint64
+	// last holds the last-known routes, served by CachedLookup while the
+	// connection is down; probing gates the one probe that looks for the
+	// connection coming back meanwhile.
+	last    *fallback
+	probing atomic.Bool
 }
 
 // New validates o and dials Redis with rueidis, with client-side caching in
@@ -149,6 +154,7 @@ func New(o Options) (*Store, error) {
 		cacheTTL: o.CacheTTL,
 		timeout:  o.Timeout,
 		noCache:  o.DisableCache,
+		last:     newFallback(fallbackSize),
 	}
 	if s.prefix == "" {
 		s.prefix = DefaultPrefix
@@ -175,6 +181,13 @@ func New(o Options) (*Store, error) {
 		OnInvalidations: func(keys []rueidis.RedisMessage) {
 			if keys == nil {
 				s.markDown()
+				return
+			}
+			routePrefix := s.prefix + routeSegment
+			for _, k := range keys {
+				if key, err := k.ToString(); err == nil {
+					s.last.invalidate(routePrefix, []string{key})
+				}
 			}
 		},
 	}
@@ -211,10 +224,18 @@ func (s *Store) markDown() {
 // markUp clears the down bit if no drop happened since before was read, i.e.
 // a reply received after before proves the connection is back.
 func (s *Store) markUp(before uint64) {
-	if before&1 != 0 {
-		s.state.CompareAndSwap(before, before&^1)
+	if before&1 != 0 && s.state.CompareAndSwap(before, before&^1) {
+		// Invalidations sent while the connection was down are lost: the
+		// last-known table can no longer be trusted to mirror Redis.
+		s.last.clear()
 	}
 }
+
+// Drops counts the Redis connections seen dropping since New (with
+// client-side caching on; 0 forever with DisableCache). A Redis restart
+// drops every connection, so a change tells a caller that Redis may have
+// lost its data since it last looked.
+func (s *Store) Drops() uint64 { return s.state.Load() >> 1 }
 
 // cacheDown reports whether the cache connection is suspected down. While it
 // is, CachedLookup does not call rueidis at all: the cache was flushed anyway,
@@ -252,10 +273,16 @@ func decodeGet(res rueidis.RedisResult) (Route, bool, error) {
 // fails at once without sending anything.)
 //
 // hit=false means "not in the cache, resolve with Lookup off the event loop";
-// r and ok are then zero. It is also false while the Redis connection is
-// down or reconnecting, with DisableCache, and for a cached malformed value
-// (so that Lookup reports the error). When hit is true, ok reports whether
-// the user has a route: a cached nil means offline.
+// r and ok are then zero. It is also false with DisableCache and for a
+// cached malformed value (so that Lookup reports the error). When hit is
+// true, ok reports whether the user has a route: a cached nil means offline.
+//
+// While the Redis connection is down (rueidis has then dropped its cache),
+// it answers from the last route each name resolved to through Lookup,
+// kept in a bounded table that Redis invalidations keep current, so chats
+// to known users keep flowing through an outage; names not in that table
+// miss. The first such answer also starts one background probe that ends
+// this mode when Redis answers again.
 //
 // No read-your-writes: after this Store's own Claim or Release the cache may
 // still show the old value for a moment, because Redis 7 sends the
@@ -263,8 +290,23 @@ func decodeGet(res rueidis.RedisResult) (Route, bool, error) {
 // Another client's write is seen once its invalidation arrives (~2 ms on
 // loopback).
 func (s *Store) CachedLookup(name string) (r Route, ok bool, hit bool) {
-	if s.noCache || s.cacheDown() {
+	if s.noCache {
 		return Route{}, false, false
+	}
+	if s.cacheDown() {
+		e, found := s.last.get(name)
+		if !found {
+			return Route{}, false, false
+		}
+		// Served from the last-known table: also check, once at a time and
+		// off the caller's goroutine, whether Redis is back.
+		if s.probing.CompareAndSwap(false, true) {
+			go func() {
+				defer s.probing.Store(false)
+				_, _, _ = s.Lookup(context.Background(), name)
+			}()
+		}
+		return e.r, e.ok, true
 	}
 	res := s.client.DoCache(s.cancelled, s.client.B().Get().Key(RouteKey(s.prefix, name)).Cache(), s.cacheTTL)
 	if res.NonRedisError() != nil { // a miss: context.Canceled
@@ -303,6 +345,7 @@ func (s *Store) Lookup(ctx context.Context, name string) (r Route, ok bool, err 
 		if err != nil {
 			return Route{}, false, fmt.Errorf("route: lookup %q: %w", name, err)
 		}
+		s.last.put(name, fallbackEntry{r: r, ok: ok})
 		return r, ok, nil
 	}
 }
@@ -517,6 +560,46 @@ func (s *Store) ClearServer(ctx context.Context, serverID string) (int, error) {
 		return deleted, err
 	}
 	return deleted, firstErr
+}
+
+// Reassert writes each given route only where its name has none
+// (SET NX), to restore the routes of live sessions after Redis lost them
+// (a restart without persistence); a name that has a route, e.g. a newer
+// login elsewhere, is left alone. It returns how many it wrote. Commands
+// are pipelined in batches of 256, with Options.Timeout per batch when ctx
+// has no deadline.
+func (s *Store) Reassert(ctx context.Context, routes map[string]Route) (written int, err error) {
+	cmds := make(rueidis.Commands, 0, min(len(routes), batchSize))
+	flush := func() error {
+		if len(cmds) == 0 {
+			return nil
+		}
+		bctx, cancel := s.withTimeout(ctx)
+		defer cancel()
+		for _, res := range s.client.DoMulti(bctx, cmds...) {
+			if err := res.Error(); err != nil {
+				if rueidis.IsRedisNil(err) {
+					continue // NX: the name already had a route
+				}
+				return fmt.Errorf("route: reassert: %w", err)
+			}
+			written++
+		}
+		cmds = cmds[:0]
+		return nil
+	}
+	for name, r := range routes {
+		if r.validate() != nil {
+			continue
+		}
+		cmds = append(cmds, s.client.B().Set().Key(RouteKey(s.prefix, name)).Value(r.Encode()).Nx().Build())
+		if len(cmds) == batchSize {
+			if err := flush(); err != nil {
+				return written, err
+			}
+		}
+	}
+	return written, flush()
 }
 
 // Heartbeat marks serverID alive for ttl by writing its peer address

@@ -209,7 +209,8 @@ func (s *Server) handle(ss *session, line []byte) {
 			return
 		}
 		s.unregister(ss)
-		ss.name, ss.token, ss.claimedOver = "", "", ""
+		ss.name = ""
+		ss.id.Store(nil)
 		*out = codec.AppendLogoutOK(*out, req.ID)
 	case codec.CmdChat:
 		switch {
@@ -371,14 +372,14 @@ func (s *Server) finishLogin(ss *session, o *outcome) {
 		s.kick(ss)
 		return
 	}
-	ss.name, ss.token, ss.claimedOver = o.name, o.token, claimedOver
-	old, ok := s.reg.putIfNewer(o.name, ss)
+	id := &identity{name: o.name, token: o.token, claimedOver: claimedOver}
+	old, ok := s.reg.putIfNewer(ss, id)
 	if !ok {
 		// A newer login of this name on this server finished first.
-		ss.name, ss.token, ss.claimedOver = "", "", ""
 		s.kick(ss)
 		return
 	}
+	ss.name = o.name
 	if old != nil {
 		s.kick(old)
 	}
@@ -420,10 +421,11 @@ func (s *Server) sendKick(l *batch.Loop, name string, prev route.Route) {
 // unregister removes a logged-in session from the registry and, when it
 // was still the name's session, releases its route off the loop.
 func (s *Server) unregister(ss *session) {
-	if !s.reg.remove(ss.name, ss) || ss.gone.Load() || s.closing.Load() {
+	id := ss.id.Load()
+	if id == nil || !s.reg.remove(id.name, ss) || ss.gone.Load() || s.closing.Load() {
 		return
 	}
-	s.release(ss.name, ss.route(s.opt.ID))
+	s.release(id.name, id.route(s.opt.ID))
 }
 
 // release deletes name's route off the loop if it still equals r.

@@ -222,9 +222,11 @@ func (s *Server) frame(lk *link, line []byte) {
 		s.log.Info("bounced error not delivered: its sender has left", "user", string(f.Recv))
 	case codec.KindKick:
 		name, token := string(f.Recv), string(f.Payload)
-		if ss := s.reg.get(name); ss != nil && ss.token == token {
-			s.kick(ss)
-			return
+		if ss := s.reg.get(name); ss != nil {
+			if id := ss.id.Load(); id != nil && id.token == token {
+				s.kick(ss)
+				return
+			}
 		}
 		// The session may still be finishing its login here: remember the
 		// kick so finishLogin honours it.

@@ -24,6 +24,10 @@ type Router interface {
 	ReleaseAll(ctx context.Context, routes map[string]route.Route) (int, error)
 	ClearServer(ctx context.Context, serverID string) (int, error)
 	Heartbeat(ctx context.Context, serverID, peerAddr string, ttl time.Duration) error
+	Reassert(ctx context.Context, routes map[string]route.Route) (int, error)
+	// Drops counts lost Redis connections; a change means Redis may have
+	// restarted and lost this server's routes.
+	Drops() uint64
 }
 
 var _ Router = (*route.Store)(nil)

@@ -3,6 +3,8 @@ package server
 import (
 	"sync"
 	"unsafe"
+
+	"github.com/relaychat/relaychat/route"
 )
 
 const registryShards = 64
@@ -41,18 +43,22 @@ func (r *registry) get(name string) *session {
 	return s
 }
 
-// putIfNewer makes s the session of s.name unless the session registered
-// there claimed the route over s's token (it is the newer login, and s lost
-// the race). It returns the session it replaced and whether it did.
-func (r *registry) putIfNewer(name string, s *session) (old *session, ok bool) {
-	sh := &r.shards[hashName(name)%registryShards]
+// putIfNewer publishes id as s's login and makes s the session of id.name,
+// unless the session registered there claimed the route over id's token (it
+// is the newer login, and s lost the race). It returns the session it
+// replaced and whether it did.
+func (r *registry) putIfNewer(s *session, id *identity) (old *session, ok bool) {
+	sh := &r.shards[hashName(id.name)%registryShards]
 	sh.Lock()
 	defer sh.Unlock()
-	old = sh.m[name]
-	if old != nil && old != s && old.claimedOver == s.token {
-		return old, false
+	old = sh.m[id.name]
+	if old != nil && old != s {
+		if oid := old.id.Load(); oid != nil && oid.claimedOver == id.token {
+			return old, false
+		}
 	}
-	sh.m[name] = s
+	s.id.Store(id)
+	sh.m[id.name] = s
 	if old == s {
 		old = nil
 	}
@@ -82,14 +88,16 @@ func (r *registry) len() int {
 	return n
 }
 
-// sessions returns every registered session.
-func (r *registry) sessions() []*session {
-	var out []*session
+// routes returns the route of every registered session.
+func (r *registry) routes(server string) map[string]route.Route {
+	out := make(map[string]route.Route)
 	for i := range r.shards {
 		sh := &r.shards[i]
 		sh.RLock()
-		for _, s := range sh.m {
-			out = append(out, s)
+		for name, s := range sh.m {
+			if id := s.id.Load(); id != nil && id.name == name {
+				out[name] = id.route(server)
+			}
 		}
 		sh.RUnlock()
 	}

@@ -23,7 +23,6 @@ import (
 
 	"github.com/relaychat/relaychat/codec"
 	"github.com/relaychat/relaychat/internal/gnetlog"
-	"github.com/relaychat/relaychat/route"
 )
 
 // Server is one message server. Create it with New, then Start; stop it
@@ -219,15 +218,25 @@ func (s *Server) heartbeat() {
 	t := time.NewTicker(s.opt.Heartbeat)
 	defer t.Stop()
 	failing := false
+	drops := s.opt.Router.Drops()
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), s.opt.RedisTimeout)
 		err := s.opt.Router.Heartbeat(ctx, s.opt.ID, s.peers.addr, 3*s.opt.Heartbeat)
 		cancel()
-		if err != nil && !failing {
+		switch {
+		case err != nil && !failing:
 			s.stats.RedisErrors.Add(1)
 			s.log.Warn("heartbeat failed; retrying every period", "err", err)
-		} else if err == nil && failing {
+		case err == nil && failing:
 			s.log.Info("heartbeat restored")
+			drops = s.opt.Router.Drops()
+			s.reassert()
+		case err == nil && s.opt.Router.Drops() != drops:
+			// A connection dropped and came back between two heartbeats:
+			// Redis may have restarted empty.
+			drops = s.opt.Router.Drops()
+			s.log.Info("Redis connection was lost and re-established")
+			s.reassert()
 		}
 		failing = err != nil
 		select {
@@ -261,6 +270,21 @@ func (s *Server) sweepIdle() {
 	}
 }
 
+// reassert writes back the routes of this server's sessions where Redis
+// has none, after an outage (Redis may have restarted empty).
+func (s *Server) reassert() {
+	routes := s.reg.routes(s.opt.ID)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*s.opt.RedisTimeout)
+	defer cancel()
+	n, err := s.opt.Router.Reassert(ctx, routes)
+	if err != nil {
+		s.stats.RedisErrors.Add(1)
+		s.log.Warn("could not re-assert routes after the Redis outage", "written", n, "err", err)
+		return
+	}
+	s.log.Info("re-asserted routes after the Redis outage", "sessions", len(routes), "written", n)
+}
+
 // Shutdown stops the server: it tells every session why, releases their
 // routes in bulk, stops both engines (closing every connection) and waits
 // for the background work, all bounded by ctx. Calling it again returns the
@@ -274,14 +298,12 @@ func (s *Server) shutdown(ctx context.Context) error {
 	s.closing.Store(true)
 	close(s.stop)
 	var errs []error
-	sessions := s.reg.sessions()
+	routes := s.reg.routes(s.opt.ID)
 	bye := codec.AppendError(nil, "server shutting down", nil)
-	routes := make(map[string]route.Route, len(sessions))
-	for _, ss := range sessions {
+	s.all.each(func(ss *session) {
 		ss.gone.Store(true)
-		routes[ss.name] = ss.route(s.opt.ID)
 		_ = ss.C.AsyncWrite(bye, nil)
-	}
+	})
 	if len(routes) > 0 {
 		n, err := s.opt.Router.ReleaseAll(ctx, routes)
 		if err != nil {

@@ -470,3 +470,60 @@ func TestPeerSecret(t *testing.T) {
 		t.Fatalf("hello with the secret answered %q", got)
 	}
 }
+
+// TestRedisOutage: with Redis gone, chats to users already looked up keep
+// flowing, a login fails fast with a clear error, and once Redis is back
+// (empty, as after a restart without persistence) the routes of live
+// sessions are re-asserted and logins work again.
+func TestRedisOutage(t *testing.T) {
+	c := startCluster(t, 2, false, func(o *server.Options) {
+		o.RedisTimeout = 300 * time.Millisecond
+		o.Heartbeat = 100 * time.Millisecond
+	})
+	alice := c.login(t, 0, "alice")
+	bob := c.login(t, 1, "bob")
+	alice.Send(t, `{"cmd":"chat","recv":"bob","content":"before","id":1}`)
+	alice.Expect(t, wait, map[string]any{"cmd": "ack", "id": 1})
+	bob.Expect(t, wait, map[string]any{"cmd": "chat", "content": "before"})
+
+	c.redis.Kill()
+	for i := 0; i < 20; i++ {
+		alice.Send(t, fmt.Sprintf(`{"cmd":"chat","recv":"bob","content":"during%d","id":%d}`, i, i+10))
+		alice.Expect(t, wait, map[string]any{"cmd": "ack", "id": i + 10})
+		bob.Expect(t, wait, map[string]any{"cmd": "chat", "content": fmt.Sprintf("during%d", i)})
+	}
+	carol := testenv.Dial(t, c.servers[0].ClientAddr())
+	start := time.Now()
+	carol.Send(t, `{"cmd":"login","name":"carol","id":"c"}`)
+	carol.Expect(t, wait, map[string]any{"cmd": "error", "error": "routing store unavailable"})
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("login took %v to fail with a 300ms Redis timeout", d)
+	}
+
+	c.redis.Restart(t)
+	deadline := time.Now().Add(wait)
+	for {
+		r, ok, err := c.stores[1].FreshLookup(context.Background(), "bob")
+		if err == nil && ok && r.Server == "s2" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bob's route not re-asserted after Redis came back: %v %v %v", r, ok, err)
+		}
+		time.Sleep(20 * time.Millisecond) // poll interval
+	}
+	for {
+		carol.Send(t, `{"cmd":"login","name":"carol"}`)
+		m := carol.ReadJSON(t, wait)
+		if m["cmd"] == "login" && m["ok"] == true {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("login still failing after Redis came back: %v", m)
+		}
+		time.Sleep(20 * time.Millisecond) // retry pace, like a client would
+	}
+	carol.Send(t, `{"cmd":"chat","recv":"bob","content":"after","id":2}`)
+	carol.Expect(t, wait, map[string]any{"cmd": "ack", "id": 2})
+	bob.Expect(t, wait, map[string]any{"cmd": "chat", "content": "after", "send": "carol"})
+}

@@ -12,15 +12,14 @@ import (
 type session struct {
 	batch.Endpoint
 
-	// name and token are set on the loop before the session is put in the
-	// registry and never change while it is there, so other goroutines that
-	// found it through the registry may read them.
-	name  string
-	token string
-	// claimedOver is the token the route held before this session's claim:
-	// a concurrent login of the same name that claimed earlier but finished
-	// later recognises this session as newer by it.
-	claimedOver string
+	// name is the logged-in name, "" before login and after logout: the
+	// loop's own copy, for the hot path.
+	name string
+	// id is the same login as seen from other goroutines (the registry's
+	// readers, the peer loop, shutdown): stored before the session enters
+	// the registry, replaced, never modified, so a reader always sees one
+	// consistent login. nil when not logged in.
+	id atomic.Pointer[identity]
 
 	// busy is set while a request waits on Redis off the loop; the lines
 	// after it stay in gnet's inbound buffer until the result is applied, so
@@ -42,8 +41,17 @@ type session struct {
 	refilled int64
 }
 
-func (s *session) route(server string) route.Route {
-	return route.Route{Server: server, Token: s.token}
+// identity is one login of a session. It is immutable.
+type identity struct {
+	name, token string
+	// claimedOver is the token the route held before this login's claim:
+	// a concurrent login of the same name that claimed earlier but finished
+	// later recognises this one as newer by it.
+	claimedOver string
+}
+
+func (id *identity) route(server string) route.Route {
+	return route.Route{Server: server, Token: id.token}
 }
 
 // outcome is the result of an off-loop Redis operation for a session.
