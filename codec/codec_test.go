@@ -323,3 +323,23 @@ func TestDecodeNullAndEmptyFields(t *testing.T) {
 		t.Fatalf("no send: %+v %v", r, err)
 	}
 }
+
+func TestReachRoundTrip(t *testing.T) {
+	for _, ids := range [][]string{nil, {"s1"}, {"s1", "s-2", "a.b_c"}} {
+		line := AppendReach(nil, ids)
+		got, err := ParseReach(line[:len(line)-1])
+		if err != nil || len(got) != len(ids) {
+			t.Fatalf("ParseReach(%q) = %v, %v", line, got, err)
+		}
+		for i := range ids {
+			if got[i] != ids[i] {
+				t.Fatalf("ParseReach(%q) = %v", line, got)
+			}
+		}
+	}
+	for _, bad := range []string{"", "X s1", "Rs1", "R s 1 bad!"} {
+		if _, err := ParseReach([]byte(bad)); err == nil {
+			t.Errorf("ParseReach(%q) accepted", bad)
+		}
+	}
+}

@@ -13,6 +13,8 @@ import (
 //	H <role> <id> <secret|->                          hello, first line each way
 //	P                                                 heartbeat ping
 //	Q                                                 heartbeat pong
+//	R [<id> ...]                                      reach: the servers the proxy
+//	                                                  links to now (proxy -> server)
 //	<kind> <dst> <src> <hops> <send> <recv> <idlen>:<id> <payload>
 //
 // where kind is one of
@@ -28,6 +30,7 @@ const (
 	KindHello = 'H'
 	KindPing  = 'P'
 	KindPong  = 'Q'
+	KindReach = 'R'
 	KindMsg   = 'M'
 	KindError = 'E'
 	KindKick  = 'K'
@@ -194,4 +197,30 @@ func ValidServerID(s string) bool {
 		}
 	}
 	return true
+}
+
+// AppendReach appends a reach line listing server ids (sorted by the
+// caller if order matters): "R id id ...\n", or "R\n" for none.
+func AppendReach(dst []byte, ids []string) []byte {
+	dst = append(dst, KindReach)
+	for _, id := range ids {
+		dst = append(dst, ' ')
+		dst = append(dst, id...)
+	}
+	return append(dst, '\n')
+}
+
+// ParseReach parses a reach line (without "\n") into its server ids.
+func ParseReach(line []byte) ([]string, error) {
+	if len(line) == 0 || line[0] != KindReach || (len(line) > 1 && line[1] != ' ') {
+		return nil, ErrBadFrame
+	}
+	var ids []string
+	for _, f := range bytes.Fields(line[1:]) {
+		if !ValidServerID(string(f)) {
+			return nil, ErrBadFrame
+		}
+		ids = append(ids, string(f))
+	}
+	return ids, nil
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"sort"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -51,6 +52,7 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	if c.l.conn.CompareAndSwap(c, nil) {
 		h.p.stats.LinkDowns.Add(1)
 		h.p.log.Warn("link down", "server", c.l.id, "addr", *c.l.addr.Load(), "err", err)
+		h.p.broadcastReach()
 	}
 	close(c.closed)
 	return gnet.None
@@ -139,8 +141,31 @@ func (p *Proxy) hello(c *conn, line []byte) bool {
 	c.l.conn.Store(c)
 	p.stats.LinkUps.Add(1)
 	p.log.Info("link up", "server", id, "addr", *c.l.addr.Load())
+	p.broadcastReach()
 	p.checkReady()
 	return true
+}
+
+// broadcastReach tells every linked server which servers this proxy links
+// to now, so that each forwards chats only for reachable servers and holds
+// the rest. Broadcasts are serialised and each link's AsyncWrites run in
+// order, so every server's last reach line is the current set.
+func (p *Proxy) broadcastReach() {
+	p.reachMu.Lock()
+	defer p.reachMu.Unlock()
+	var ids []string
+	var up []*conn
+	for id, l := range *p.byID.Load() {
+		if c := l.conn.Load(); c != nil {
+			ids = append(ids, id)
+			up = append(up, c)
+		}
+	}
+	sort.Strings(ids)
+	line := codec.AppendReach(nil, ids)
+	for _, c := range up {
+		_ = c.C.AsyncWrite(line, nil)
+	}
 }
 
 // undeliverable deals with a frame whose destination cannot take it now: a

@@ -138,6 +138,8 @@ type Proxy struct {
 	links map[string]*link // guarded by mu; byID is its read-only copy
 	byID  atomic.Pointer[map[string]*link]
 
+	reachMu sync.Mutex // serialises broadcastReach
+
 	ready     chan struct{}
 	readyOnce sync.Once
 	stop      chan struct{}
@@ -413,6 +415,7 @@ func (p *Proxy) applyDiscovery(m map[string]string) {
 	p.mu.Unlock()
 	if changed {
 		p.publish()
+		p.broadcastReach()
 	}
 	p.checkReady()
 }

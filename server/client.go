@@ -273,25 +273,15 @@ func (s *Server) chatTo(ss *session, recv string, r route.Route, found bool, con
 		s.replyErr(ss, errOffline, id)
 		return
 	}
-	lk := s.links.pick(recv)
-	if lk == nil {
-		s.stats.NoLink.Add(1)
-		s.replyErr(ss, errNoForwarding, id)
-		return
-	}
-	if lk.Pending() > int64(s.opt.MaxLinkOutbound) {
-		s.stats.LinkCongested.Add(1)
-		s.replyErr(ss, errCongested, id)
-		return
-	}
+	name, dst := ss.name, r.Server
 	l := ss.Loop
-	payload := codec.AppendDelivery(l.Scratch[:0], ss.name, recv, content, ts)
-	payload = payload[:len(payload)-1] // the frame adds its own "\n"
-	out := l.Out(&lk.Endpoint)
-	*out = codec.AppendFrame(*out, codec.KindMsg, r.Server, s.opt.ID, 0, ss.name, recv, id, payload)
-	l.Scratch = payload[:0]
-	s.stats.Forwarded.Add(1)
-	s.ack(ss, id)
+	s.forward(ss, dst, recv, id, func(out []byte) []byte {
+		payload := codec.AppendDelivery(l.Scratch[:0], name, recv, content, ts)
+		payload = payload[:len(payload)-1] // the frame adds its own "\n"
+		out = codec.AppendFrame(out, codec.KindMsg, dst, s.opt.ID, 0, name, recv, id, payload)
+		l.Scratch = payload[:0]
+		return out
+	})
 }
 
 func (s *Server) deliverLocal(ss, dst *session, recv, content string, id []byte, ts int64) {
@@ -408,7 +398,7 @@ func (s *Server) kick(old *session) {
 // sendKick asks the server named by prev, through the forwarding tier, to
 // kick the session holding prev's token.
 func (s *Server) sendKick(l *batch.Loop, name string, prev route.Route) {
-	lk := s.links.pick(name)
+	lk := s.links.pickFor(name, prev.Server)
 	if lk == nil {
 		s.stats.KickUndelivered.Add(1)
 		s.log.Warn("cannot kick older session: no forwarding link", "user", name, "server", prev.Server)

@@ -21,6 +21,18 @@ type link struct {
 	// lastSeen is the unix-nano time of the last bytes received, read by
 	// watchLinks.
 	lastSeen atomic.Int64
+	// reach is the set of server ids the proxy last said it links to;
+	// replaced, never modified. nil until its first reach line.
+	reach atomic.Pointer[map[string]struct{}]
+}
+
+func (lk *link) reaches(server string) bool {
+	m := lk.reach.Load()
+	if m == nil {
+		return false
+	}
+	_, ok := (*m)[server]
+	return ok
 }
 
 // linkSet is the set of established links. Loops read it without locking
@@ -28,6 +40,27 @@ type link struct {
 type linkSet struct {
 	mu   sync.Mutex
 	list atomic.Pointer[[]*link]
+}
+
+// pickFor returns a link that reaches server, for chats to name, or nil.
+// It starts at name's own link (see pick) and goes round, so one
+// recipient's chats keep to one path while the set does not change.
+func (ls *linkSet) pickFor(name, server string) *link {
+	p := ls.list.Load()
+	if p == nil || len(*p) == 0 {
+		return nil
+	}
+	l := *p
+	start := 0
+	if len(l) > 1 {
+		start = int(hashName(name) % uint32(len(l)))
+	}
+	for i := range l {
+		if lk := l[(start+i)%len(l)]; lk.reaches(server) {
+			return lk
+		}
+	}
+	return nil
 }
 
 // pick returns the link for chats to name, or nil when there is none. A
@@ -153,6 +186,14 @@ func (s *Server) serveLink(lk *link) gnet.Action {
 		case codec.KindPing:
 			lk.Loop.Append(&lk.Endpoint, pongLine)
 		case codec.KindPong:
+		case codec.KindReach:
+			ids, err := codec.ParseReach(line)
+			if err != nil {
+				s.stats.DroppedBadFrame.Add(1)
+				s.log.Warn("dropping malformed reach line", "proxy", lk.proxy, "line", truncate(line, 120))
+				continue
+			}
+			s.setReach(lk, ids)
 		default:
 			s.frame(lk, line)
 		}
@@ -311,7 +352,7 @@ func (s *Server) rerouteOne(j rerouteJob) {
 			return
 		}
 	case found:
-		if lk := s.links.pick(j.recv); lk != nil {
+		if lk := s.links.pickFor(j.recv, r.Server); lk != nil {
 			frame := codec.AppendFrame(nil, codec.KindMsg, r.Server, s.opt.ID, j.hops+1, j.send, j.recv, j.id, j.payload)
 			_ = lk.C.AsyncWrite(frame, nil)
 			s.stats.Rerouted.Add(1)
@@ -319,7 +360,7 @@ func (s *Server) rerouteOne(j rerouteJob) {
 		}
 		reason = errNoForwarding
 	}
-	lk := s.links.pick(j.send)
+	lk := s.links.pickFor(j.send, j.src)
 	if lk == nil {
 		s.stats.DroppedNoSender.Add(1)
 		s.log.Warn("cannot bounce a chat: no forwarding link", "sender", j.send, "recipient", j.recv, "reason", string(reason))

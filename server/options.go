@@ -62,6 +62,14 @@ type Options struct {
 	// past it, chats that need the link are refused with an error until the
 	// proxy catches up (backpressure, not a disconnect). 0 means 64 MiB.
 	MaxLinkOutbound int
+	// MaxHoldBytes caps, per destination server, the bytes of chats held
+	// while no proxy link reaches that server; past it chats are refused
+	// with an error. 0 means 8 MiB; negative disables holding (refuse at
+	// once).
+	MaxHoldBytes int
+	// MaxHoldAge is how long a chat may be held before its sender gets an
+	// error instead; 0 means 5s.
+	MaxHoldAge time.Duration
 	// MaxInflight caps concurrent Redis operations (logins, cache misses,
 	// logouts) of the whole server; a request over the cap is answered with
 	// an error. 0 means 4096.
@@ -124,6 +132,15 @@ func (o *Options) setDefaults() error {
 	}
 	if o.MaxOutbound == 0 {
 		o.MaxOutbound = 4 << 20
+	}
+	switch {
+	case o.MaxHoldBytes == 0:
+		o.MaxHoldBytes = 8 << 20
+	case o.MaxHoldBytes < 0:
+		o.MaxHoldBytes = 0
+	}
+	if o.MaxHoldAge == 0 {
+		o.MaxHoldAge = 5 * time.Second
 	}
 	if o.MaxInflight == 0 {
 		o.MaxInflight = 4096

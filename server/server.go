@@ -35,6 +35,7 @@ type Server struct {
 	reg   *registry
 	all   *sessionSet
 	links linkSet
+	hold  *holder
 	kicks *kickMemo
 
 	clients *engine // the client port
@@ -84,6 +85,7 @@ func New(o Options) (*Server, error) {
 		kicks:    newKickMemo(kickMemoSize, kickMemoTTL),
 		inflight: make(chan struct{}, o.MaxInflight),
 		reroutes: make(chan rerouteJob, rerouteQueue),
+		hold:     newHolder(o.MaxHoldBytes, o.MaxHoldAge),
 		stop:     make(chan struct{}),
 	}
 	return s, nil
@@ -150,10 +152,11 @@ func (s *Server) Start() error {
 	s.log.Info("client listener ready", "addr", s.clients.addr)
 	s.log.Info("peer listener ready", "addr", s.peers.addr)
 
-	s.bg.Add(3)
+	s.bg.Add(4)
 	go s.heartbeat()
 	go s.watchLinks()
 	go s.rerouteWorker()
+	go s.expireHeld()
 	if s.opt.IdleTimeout > 0 {
 		s.bg.Add(1)
 		go s.sweepIdle()

@@ -25,6 +25,7 @@ type cluster struct {
 	servers []*server.Server
 	stores  []*route.Store
 	proxy   *proxy.Proxy
+	peers   map[string]string
 	prefix  string
 }
 
@@ -47,25 +48,50 @@ func startCluster(t *testing.T, n int, noCache bool, tune func(*server.Options))
 		c.stores = append(c.stores, st)
 		peers[fmt.Sprintf("s%d", i)] = srv.PeerAddr()
 	}
-	p, err := proxy.New(proxy.Options{Servers: peers, Loops: 2, Logger: testLogger()})
+	c.peers = peers
+	c.startProxy(t)
+	return c
+}
+
+// startProxy starts a proxy linked to every server of c and waits until it
+// is ready; it is shut down in t.Cleanup (or earlier with stopProxy).
+func (c *cluster) startProxy(t *testing.T) {
+	t.Helper()
+	p, err := proxy.New(proxy.Options{Servers: c.peers, Loops: 2, Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = p.Shutdown(ctx)
-	})
+	t.Cleanup(func() { c.stopProxyOf(p) })
 	select {
 	case <-p.Ready():
 	case <-time.After(wait):
 		t.Fatal("proxy not ready")
 	}
 	c.proxy = p
-	return c
+}
+
+func (c *cluster) stopProxyOf(p *proxy.Proxy) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = p.Shutdown(ctx)
+}
+
+// stopProxy stops the proxy and waits until no server has a link left.
+func (c *cluster) stopProxy(t *testing.T) {
+	t.Helper()
+	c.stopProxyOf(c.proxy)
+	deadline := time.Now().Add(wait)
+	for _, srv := range c.servers {
+		for srv.Stats().LinksUp.Load() != 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("servers still linked after the proxy stopped")
+			}
+			time.Sleep(5 * time.Millisecond) // poll interval
+		}
+	}
 }
 
 // startServer starts one in-process server on loopback; it is shut down in
@@ -416,6 +442,7 @@ func fakeProxy(t *testing.T, srv *server.Server) *testenv.Client {
 	if got := p.ReadLine(t, wait); !strings.HasPrefix(got, "H server ") {
 		t.Fatalf("hello answered %q", got)
 	}
+	p.Send(t, "R s1 s2 s3") // the servers this "proxy" reaches
 	return p
 }
 
@@ -526,4 +553,60 @@ func TestRedisOutage(t *testing.T) {
 	carol.Send(t, `{"cmd":"chat","recv":"bob","content":"after","id":2}`)
 	carol.Expect(t, wait, map[string]any{"cmd": "ack", "id": 2})
 	bob.Expect(t, wait, map[string]any{"cmd": "chat", "content": "after", "send": "carol"})
+}
+
+// TestProxyOutageHoldsChats: while no proxy is linked, cross-server chats
+// are acked and held; when a proxy links again they arrive, in order, and
+// same-server chat never stops.
+func TestProxyOutageHoldsChats(t *testing.T) {
+	c := startCluster(t, 2, false, nil)
+	alice := c.login(t, 0, "alice")
+	carol := c.login(t, 0, "carol")
+	bob := c.login(t, 1, "bob")
+	alice.Send(t, `{"cmd":"chat","recv":"bob","content":"warm","id":0}`) // caches bob's route
+	alice.Expect(t, wait, map[string]any{"cmd": "ack", "id": 0})
+	bob.Expect(t, wait, map[string]any{"cmd": "chat", "content": "warm"})
+
+	c.stopProxy(t)
+	const n = 200
+	for i := 1; i <= n; i++ {
+		alice.Send(t, fmt.Sprintf(`{"cmd":"chat","recv":"bob","content":"held%d","id":%d}`, i, i))
+		alice.Expect(t, wait, map[string]any{"cmd": "ack", "id": i})
+	}
+	alice.Send(t, `{"cmd":"chat","recv":"carol","content":"local"}`)
+	carol.Expect(t, wait, map[string]any{"cmd": "chat", "content": "local"})
+	bob.ExpectNothing(t, 50*time.Millisecond)
+	if h := c.servers[0].Stats().Held.Load(); h != n {
+		t.Fatalf("Held = %d, want %d", h, n)
+	}
+
+	c.startProxy(t)
+	alice.Send(t, `{"cmd":"chat","recv":"bob","content":"after","id":"last"}`)
+	for i := 1; i <= n; i++ {
+		bob.Expect(t, wait, map[string]any{"cmd": "chat", "content": fmt.Sprintf("held%d", i)})
+	}
+	bob.Expect(t, wait, map[string]any{"cmd": "chat", "content": "after"})
+}
+
+// TestHeldChatsExpire: a chat held longer than MaxHoldAge is answered with
+// an error carrying its id; and past MaxHoldBytes chats are refused at once.
+func TestHeldChatsExpire(t *testing.T) {
+	c := startCluster(t, 2, false, func(o *server.Options) {
+		o.MaxHoldAge = 200 * time.Millisecond
+		o.MaxHoldBytes = 4096
+	})
+	alice := c.login(t, 0, "alice")
+	c.login(t, 1, "bob")
+	c.stopProxy(t)
+	alice.Send(t, `{"cmd":"chat","recv":"bob","content":"x","id":"e1"}`)
+	alice.Expect(t, wait, map[string]any{"cmd": "ack", "id": "e1"})
+	alice.Expect(t, wait, map[string]any{"cmd": "error", "error": "forwarding tier unavailable", "id": "e1"})
+	big := strings.Repeat("y", 3000)
+	alice.Send(t, fmt.Sprintf(`{"cmd":"chat","recv":"bob","content":%q,"id":"b1"}`, big))
+	alice.Expect(t, wait, map[string]any{"cmd": "ack", "id": "b1"})
+	alice.Send(t, fmt.Sprintf(`{"cmd":"chat","recv":"bob","content":%q,"id":"b2"}`, big))
+	alice.Expect(t, wait, map[string]any{"cmd": "error", "error": "forwarding tier unavailable", "id": "b2"})
+	if n := c.servers[0].Stats().HoldOverflow.Load(); n != 1 {
+		t.Fatalf("HoldOverflow = %d", n)
+	}
 }

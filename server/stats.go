@@ -16,7 +16,6 @@ type Stats struct {
 	CacheMisses       atomic.Int64 // route lookups that had to go to Redis
 	RedisErrors       atomic.Int64
 	Busy              atomic.Int64 // requests refused because MaxInflight Redis operations were running
-	NoLink            atomic.Int64 // chats refused because no proxy link was up
 	LinkCongested     atomic.Int64 // chats refused because the link's backlog was over MaxLinkOutbound
 	KickUndelivered   atomic.Int64 // kicks of an older session elsewhere that could not be sent or kept
 	SlowConsumers     atomic.Int64 // clients disconnected for not reading
@@ -29,6 +28,10 @@ type Stats struct {
 	LinkLost          atomic.Int64 // batches of frames for a link that closed before they were written
 	Rerouted          atomic.Int64 // chats sent on after a fresh lookup found their recipient elsewhere
 	RerouteOverflow   atomic.Int64 // chats bounced because the re-route queue was full
+	Held              atomic.Int64 // chats held because no link reached their server
+	HeldSent          atomic.Int64 // held chats sent once a link reached their server
+	HoldExpired       atomic.Int64 // held chats whose sender got an error after MaxHoldAge
+	HoldOverflow      atomic.Int64 // chats refused because their server's hold queue was full
 	Refused           atomic.Int64 // connections refused at MaxConns
 	IdleClosed        atomic.Int64 // connections closed by IdleTimeout
 	RateLimited       atomic.Int64 // requests refused by RateLimit
@@ -49,7 +52,6 @@ func (s *Stats) Snapshot() map[string]int64 {
 		"cache_misses":        s.CacheMisses.Load(),
 		"redis_errors":        s.RedisErrors.Load(),
 		"busy":                s.Busy.Load(),
-		"no_link":             s.NoLink.Load(),
 		"link_congested":      s.LinkCongested.Load(),
 		"kick_undelivered":    s.KickUndelivered.Load(),
 		"slow_consumers":      s.SlowConsumers.Load(),
@@ -62,6 +64,10 @@ func (s *Stats) Snapshot() map[string]int64 {
 		"link_lost":           s.LinkLost.Load(),
 		"rerouted":            s.Rerouted.Load(),
 		"reroute_overflow":    s.RerouteOverflow.Load(),
+		"held":                s.Held.Load(),
+		"held_sent":           s.HeldSent.Load(),
+		"hold_expired":        s.HoldExpired.Load(),
+		"hold_overflow":       s.HoldOverflow.Load(),
 		"refused":             s.Refused.Load(),
 		"idle_closed":         s.IdleClosed.Load(),
 		"rate_limited":        s.RateLimited.Load(),

@@ -38,6 +38,8 @@ func main() {
 		maxLine     = fs.Int("max-line", codec.DefaultMaxLine, fmt.Sprintf("longest request line in bytes (64..%d); longer lines close the connection", codec.MaxClientLine))
 		maxOut      = fs.Int("max-outbound", 4<<20, "bytes queued to one client before it is disconnected as a slow consumer")
 		maxLinkOut  = fs.Int("max-link-outbound", 64<<20, "bytes queued to a proxy link before chats needing it are refused")
+		holdBytes   = fs.Int("hold-bytes", 8<<20, "bytes of chats held per destination server while no proxy reaches it; -1 = refuse at once")
+		holdAge     = fs.Duration("hold-age", 5*time.Second, "how long a held chat waits for a proxy before its sender gets an error")
 		maxPending  = fs.Int("max-pending", 1<<20, "bytes a client may send while one of its requests waits on Redis")
 		maxInflight = fs.Int("max-inflight", 4096, "concurrent Redis operations for logins and cache misses")
 		redisTO     = fs.Duration("redis-timeout", 2*time.Second, "timeout of one Redis operation")
@@ -99,6 +101,8 @@ func main() {
 		MaxOutbound:     *maxOut,
 		MaxLinkOutbound: *maxLinkOut,
 		MaxPending:      *maxPending,
+		MaxHoldBytes:    *holdBytes,
+		MaxHoldAge:      *holdAge,
 		MaxInflight:     *maxInflight,
 		RedisTimeout:    *redisTO,
 		PeerSecret:      *peerSecret,
