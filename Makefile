@@ -25,16 +25,19 @@ test: deps lint unit fuzz-short
 unit:
 	$(GO) test -race -count=1 -timeout 10m ./...
 
+# Fuzz targets: the codec's, and the server's request handler.
+FUZZ_PKGS := ./codec/ ./server/
+
 fuzz-short:
-	@for f in $$($(GO) test -list '^Fuzz' ./codec/ | grep ^Fuzz); do \
-	  echo "fuzz codec $$f for $(TEST_FUZZTIME)"; \
-	  $(GO) test ./codec/ -run '^$$' -fuzz "^$$f$$" -fuzztime $(TEST_FUZZTIME) >/dev/null || exit 1; \
-	done
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 fuzz:
-	@for f in $$($(GO) test -list '^Fuzz' ./codec/ | grep ^Fuzz); do \
-	  echo "fuzz codec $$f for $(FUZZTIME)"; \
-	  $(GO) test ./codec/ -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
+	@for p in $(FUZZ_PKGS); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$p | grep ^Fuzz); do \
+	    echo "fuzz $$p $$f for $(FUZZTIME)"; \
+	    $(GO) test $$p -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) >/tmp/relaychat-fuzz.log 2>&1 \
+	      || { cat /tmp/relaychat-fuzz.log; exit 1; }; \
+	  done; \
 	done
 
 bench: build deps
