@@ -6,6 +6,7 @@ import (
 
 	"github.com/panjf2000/gnet/v2"
 
+	"github.com/relaychat/relaychat/auth"
 	"github.com/relaychat/relaychat/codec"
 	"github.com/relaychat/relaychat/internal/batch"
 	"github.com/relaychat/relaychat/route"
@@ -201,6 +202,13 @@ func (s *Server) handle(ss *session, line []byte) {
 		case ss.name != "":
 			s.replyErr(ss, errAlreadyLoggedIn, req.ID)
 		default:
+			if s.opt.AuthSecret != nil {
+				if err := auth.Verify(s.opt.AuthSecret, req.Name, req.Token, time.Now()); err != nil {
+					s.stats.AuthFailures.Add(1)
+					s.replyErr(ss, err, req.ID)
+					return
+				}
+			}
 			s.startLogin(ss, req.Name, req.ID)
 		}
 	case codec.CmdLogout:

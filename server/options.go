@@ -90,6 +90,9 @@ type Options struct {
 	RateBurst int
 	// RedisTimeout bounds one Redis operation; 0 means 2s.
 	RedisTimeout time.Duration
+	// AuthSecret, when set, makes login require a "token" minted for the
+	// name with this secret (see package auth). nil means no authentication.
+	AuthSecret []byte
 	// PeerSecret, when set, is required in the hello of every link.
 	PeerSecret string
 	// LinkTimeout closes a link that has sent nothing (not even a heartbeat)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaychat/relaychat/auth"
 	"github.com/relaychat/relaychat/internal/testenv"
 	"github.com/relaychat/relaychat/proxy"
 	"github.com/relaychat/relaychat/route"
@@ -609,4 +610,23 @@ func TestHeldChatsExpire(t *testing.T) {
 	if n := c.servers[0].Stats().HoldOverflow.Load(); n != 1 {
 		t.Fatalf("HoldOverflow = %d", n)
 	}
+}
+
+// TestLoginAuth: with an auth secret, login needs a valid, unexpired token
+// for that very name.
+func TestLoginAuth(t *testing.T) {
+	secret := []byte("k")
+	c := startCluster(t, 1, false, func(o *server.Options) { o.AuthSecret = secret })
+	cl := testenv.Dial(t, c.servers[0].ClientAddr())
+	cl.Send(t, `{"cmd":"login","name":"alice","id":1}`)
+	cl.Expect(t, wait, map[string]any{"cmd": "error", "error": "login requires a token", "id": 1})
+	bobs := auth.Mint(secret, "bob", time.Now().Add(time.Hour))
+	cl.Send(t, fmt.Sprintf(`{"cmd":"login","name":"alice","token":%q}`, bobs))
+	cl.Expect(t, wait, map[string]any{"cmd": "error", "error": "invalid token"})
+	old := auth.Mint(secret, "alice", time.Now().Add(-time.Second))
+	cl.Send(t, fmt.Sprintf(`{"cmd":"login","name":"alice","token":%q}`, old))
+	cl.Expect(t, wait, map[string]any{"cmd": "error", "error": "token expired"})
+	good := auth.Mint(secret, "alice", time.Now().Add(time.Hour))
+	cl.Send(t, fmt.Sprintf(`{"cmd":"login","name":"alice","token":%q}`, good))
+	cl.Expect(t, wait, map[string]any{"cmd": "login", "ok": true, "name": "alice"})
 }

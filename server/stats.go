@@ -32,6 +32,7 @@ type Stats struct {
 	HeldSent          atomic.Int64 // held chats sent once a link reached their server
 	HoldExpired       atomic.Int64 // held chats whose sender got an error after MaxHoldAge
 	HoldOverflow      atomic.Int64 // chats refused because their server's hold queue was full
+	AuthFailures      atomic.Int64 // logins refused for a missing, invalid or expired token
 	Refused           atomic.Int64 // connections refused at MaxConns
 	IdleClosed        atomic.Int64 // connections closed by IdleTimeout
 	RateLimited       atomic.Int64 // requests refused by RateLimit
@@ -68,6 +69,7 @@ func (s *Stats) Snapshot() map[string]int64 {
 		"held_sent":           s.HeldSent.Load(),
 		"hold_expired":        s.HoldExpired.Load(),
 		"hold_overflow":       s.HoldOverflow.Load(),
+		"auth_failures":       s.AuthFailures.Load(),
 		"refused":             s.Refused.Load(),
 		"idle_closed":         s.IdleClosed.Load(),
 		"rate_limited":        s.RateLimited.Load(),

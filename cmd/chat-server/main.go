@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/relaychat/relaychat/auth"
 	"github.com/relaychat/relaychat/codec"
 	"github.com/relaychat/relaychat/internal/cli"
 	"github.com/relaychat/relaychat/route"
@@ -49,6 +50,9 @@ func main() {
 		idleTO      = fs.Duration("idle-timeout", 5*time.Minute, "close a client silent this long (a ping keeps it open); 0 = never")
 		rateLimit   = fs.Float64("rate-limit", 0, "requests per second per connection; 0 = no limit")
 		rateBurst   = fs.Int("rate-burst", 0, "burst of -rate-limit; 0 = one second's worth")
+		authSecret  = fs.String("auth-secret", "", "require a login token signed with this secret (also $RELAYCHAT_AUTH_SECRET)")
+		mintToken   = fs.String("mint-token", "", "print a login token for this name (signed with -auth-secret, valid for -token-ttl) and exit")
+		tokenTTL    = fs.Duration("token-ttl", 24*time.Hour, "validity of a token printed by -mint-token")
 		peerSecret  = fs.String("peer-secret", "", "secret every proxy link must present in its hello")
 		linkTO      = fs.Duration("link-timeout", 5*time.Second, "close a proxy link silent for this long")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
@@ -61,6 +65,19 @@ func main() {
 	log, err := cli.Logger(*logLevel)
 	if err != nil {
 		cli.Fatal(prog, err, 2)
+	}
+	if *authSecret == "" {
+		*authSecret = os.Getenv("RELAYCHAT_AUTH_SECRET")
+	}
+	if *mintToken != "" {
+		if *authSecret == "" {
+			cli.Fatal(prog, fmt.Errorf("-mint-token needs -auth-secret (or $RELAYCHAT_AUTH_SECRET)"), 2)
+		}
+		if !codec.ValidName(*mintToken) {
+			cli.Fatal(prog, fmt.Errorf("-mint-token %q: %v", *mintToken, codec.ErrBadName), 2)
+		}
+		fmt.Println(auth.Mint([]byte(*authSecret), *mintToken, time.Now().Add(*tokenTTL)))
+		return
 	}
 	if *id == "" {
 		_, port, err := net.SplitHostPort(*listen)
@@ -107,6 +124,7 @@ func main() {
 		RedisTimeout:    *redisTO,
 		PeerSecret:      *peerSecret,
 		LinkTimeout:     *linkTO,
+		AuthSecret:      secretBytes(*authSecret),
 		MaxConns:        *maxConns,
 		IdleTimeout:     *idleTO,
 		RateLimit:       *rateLimit,
@@ -132,4 +150,12 @@ func main() {
 		os.Exit(1)
 	}
 	log.Info("stopped", "stats", fmt.Sprint(srv.Stats().Snapshot()))
+}
+
+// secretBytes returns nil for an empty secret (no authentication).
+func secretBytes(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	return []byte(s)
 }
