@@ -121,7 +121,11 @@ func (p *Proxy) relay(c *conn) gnet.Action {
 			p.stats.Relayed.Add(1)
 		}
 	}
-	_, _ = c.C.Discard(consumed)
+	if consumed > 0 {
+		// Only then: gnet's Discard(n <= 0) empties the whole buffer,
+		// which would throw away a frame still arriving.
+		_, _ = c.C.Discard(consumed)
+	}
 	return gnet.None
 }
 

@@ -118,7 +118,7 @@ func (s *Server) serve(ss *session) gnet.Action {
 	}
 	if ss.gone.Load() {
 		// Kicked or shutting down: the close is on its way; ignore input.
-		_, _ = c.Discard(c.InboundBuffered())
+		_, _ = c.Discard(c.InboundBuffered()) // everything (n <= 0 also means all)
 		return gnet.None
 	}
 	buf, _ := c.Peek(-1)
@@ -149,7 +149,11 @@ func (s *Server) serve(ss *session) gnet.Action {
 		}
 		s.handle(ss, line)
 	}
-	_, _ = c.Discard(consumed)
+	if consumed > 0 {
+		// Only then: gnet's Discard(n <= 0) empties the whole buffer,
+		// which would throw away a line still arriving.
+		_, _ = c.Discard(consumed)
+	}
 	if ss.busy {
 		return s.checkPending(ss)
 	}

@@ -198,7 +198,11 @@ func (s *Server) serveLink(lk *link) gnet.Action {
 			s.frame(lk, line)
 		}
 	}
-	_, _ = c.Discard(consumed)
+	if consumed > 0 {
+		// Only then: gnet's Discard(n <= 0) empties the whole buffer,
+		// which would throw away a line still arriving.
+		_, _ = c.Discard(consumed)
+	}
 	return gnet.None
 }
 

@@ -630,3 +630,30 @@ func TestLoginAuth(t *testing.T) {
 	cl.Send(t, fmt.Sprintf(`{"cmd":"login","name":"alice","token":%q}`, good))
 	cl.Expect(t, wait, map[string]any{"cmd": "login", "ok": true, "name": "alice"})
 }
+
+// TestLineInPieces: a line that arrives over several reads is kept until it
+// is complete (a callback with no complete line must not drop the bytes).
+func TestLineInPieces(t *testing.T) {
+	c := startCluster(t, 2, false, nil)
+	bob := c.login(t, 1, "bob")
+	cl := testenv.Dial(t, c.servers[0].ClientAddr())
+	line := `{"cmd":"login","name":"alice"}` + "\n"
+	for i := 0; i < len(line); i++ {
+		cl.SendRaw(t, []byte{line[i]})
+		if i == 10 {
+			cl.ExpectNothing(t, 50*time.Millisecond) // let the server read the prefix alone
+		}
+	}
+	cl.Expect(t, wait, map[string]any{"cmd": "login", "ok": true, "name": "alice"})
+	// A cross-server chat far larger than one read, in two writes, to
+	// exercise the same on the link.
+	big := strings.Repeat("z", 60_000) // under the 64 KiB line cap, over one 64 KiB read with framing
+	msg := fmt.Sprintf(`{"cmd":"chat","recv":"bob","content":%q,"id":"big"}`+"\n", big)
+	cl.SendRaw(t, []byte(msg[:len(msg)/2]))
+	cl.ExpectNothing(t, 50*time.Millisecond)
+	cl.SendRaw(t, []byte(msg[len(msg)/2:]))
+	cl.Expect(t, wait, map[string]any{"cmd": "ack", "id": "big"})
+	if got := bob.Expect(t, wait, map[string]any{"cmd": "chat"}); got["content"] != big {
+		t.Fatalf("big chat arrived with %d bytes of content", len(fmt.Sprint(got["content"])))
+	}
+}

@@ -33,6 +33,7 @@ func main() {
 		maxLinkOut = fs.Int("max-link-outbound", 64<<20, "bytes queued to one server before chats for it are bounced")
 		linkTO     = fs.Duration("link-timeout", 5*time.Second, "close a link silent for this long")
 		logLevel   = fs.String("log-level", "info", "debug, info, warn or error")
+		pprofAddr  = fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 	)
 	_ = fs.Parse(os.Args[1:])
 	if fs.NArg() > 0 {
@@ -46,6 +47,7 @@ func main() {
 	if err != nil {
 		cli.Fatal(prog, err, 2)
 	}
+	cli.ServePprof(*pprofAddr, log)
 	if _, err := cli.RaiseNoFile(); err != nil {
 		log.Warn("could not raise the open-file limit", "err", err)
 	}
