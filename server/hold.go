@@ -50,6 +50,18 @@ func (s *Server) forward(ss *session, dst, recv string, id []byte, build func([]
 		return
 	}
 	h := s.hold
+	if h.maxBytes == 0 {
+		// Holding is off: hand the chat to any link and let the proxy
+		// relay or bounce it (its reach line may simply not be here yet);
+		// refuse only when there is no link at all.
+		if lk := s.links.pick(recv); lk != nil {
+			s.sendFrame(ss, lk, id, build)
+			return
+		}
+		s.stats.HoldOverflow.Add(1)
+		s.replyErr(ss, errNoForwarding, id)
+		return
+	}
 	h.mu.Lock()
 	if lk := s.links.pickFor(recv, dst); lk != nil {
 		// A link announced dst meanwhile, after draining its queue.
@@ -63,7 +75,7 @@ func (s *Server) forward(ss *session, dst, recv string, id []byte, build func([]
 		h.q[dst] = q
 	}
 	frame := build(nil)
-	if h.maxBytes == 0 || q.bytes+len(frame) > h.maxBytes {
+	if q.bytes+len(frame) > h.maxBytes {
 		h.mu.Unlock()
 		s.stats.HoldOverflow.Add(1)
 		s.replyErr(ss, errNoForwarding, id)

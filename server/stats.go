@@ -31,7 +31,7 @@ type Stats struct {
 	Held              atomic.Int64 // chats held because no link reached their server
 	HeldSent          atomic.Int64 // held chats sent once a link reached their server
 	HoldExpired       atomic.Int64 // held chats whose sender got an error after MaxHoldAge
-	HoldOverflow      atomic.Int64 // chats refused because their server's hold queue was full
+	HoldOverflow      atomic.Int64 // chats refused: their server's hold queue was full, or holding is off and no link is up
 	AuthFailures      atomic.Int64 // logins refused for a missing, invalid or expired token
 	Refused           atomic.Int64 // connections refused at MaxConns
 	IdleClosed        atomic.Int64 // connections closed by IdleTimeout
