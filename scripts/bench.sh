@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# make bench: starts a private stack on loopback (redis-server on a free
+# port, two chat-servers with -multicore, one chat-proxy), runs chat-bench
+# against it with -pids for all four, prints the report, writes
+# bench-report.html and bench-report.json in the repo root, and stops
+# everything it started, on Ctrl-C too.
+#
+#   SCENARIO=mixed|cross|local|hold|anchor|latency scripts/bench.sh [chat-bench flags...]
+#
+# Flags given here are passed to chat-bench after the scenario and override
+# its presets (e.g. scripts/bench.sh -clients 2000 -duration 5s).
+# Environment: BIN (default bin), SCENARIO (default mixed), NSERVERS
+# (message servers, default 2; each holds at most ~19,000 clients under the
+# 20,000 open-file limit, so 100,000 held clients need 6), BENCH_LOGS
+# (default .run/bench: the servers' logs), SERVER_ARGS / PROXY_ARGS (extra
+# flags for the servers / the proxy, e.g. SERVER_ARGS=-no-route-cache).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-bin}
+SCENARIO=${SCENARIO:-mixed}
+NSERVERS=${NSERVERS:-2}
+LOGS=${BENCH_LOGS:-.run/bench}
+mkdir -p "$LOGS"
+
+for b in chat-server chat-proxy chat-bench; do
+  if [ ! -x "$BIN/$b" ]; then
+    echo "building $BIN/$b" >&2
+    go build -o "$BIN/" "./cmd/$b"
+  fi
+done
+command -v redis-server >/dev/null 2>&1 || scripts/ensure-redis.sh
+
+# Every process of the stack runs in its own session (setsid), so a Ctrl-C
+# in the terminal reaches only chat-bench, which then stops, drains and
+# reports while the stack still runs; cleanup stops the stack afterwards.
+pids=()
+names=()
+cleanup() {
+  local rc=$?
+  trap - INT TERM EXIT
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  local deadline=$((SECONDS + 10))
+  for p in "${pids[@]}"; do
+    while kill -0 "$p" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+    if kill -0 "$p" 2>/dev/null; then
+      echo "bench.sh: pid $p ignored SIGTERM for 10s; killing it" >&2
+      kill -KILL "$p" 2>/dev/null || true
+    fi
+    wait "$p" 2>/dev/null || true
+  done
+  [ ${#pids[@]} -gt 0 ] && echo "bench.sh: stopped ${names[*]} (logs in $LOGS/)" >&2
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CMD...: runs CMD in its own session with its log in $LOGS.
+start() {
+  local name=$1
+  shift
+  setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  pids+=($!)
+  names+=("$name")
+}
+
+# wait_log NAME PATTERN SECONDS: polls NAME's log until PATTERN shows up,
+# failing if the deadline passes or the process exits first.
+wait_log() {
+  local name=$1 pat=$2 deadline=$((SECONDS + $3)) pid
+  pid=$(pid_of "$name")
+  until grep -q -- "$pat" "$LOGS/$name.log" 2>/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "bench.sh: $name exited before logging '$pat':" >&2
+      tail -20 "$LOGS/$name.log" >&2
+      return 1
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+      echo "bench.sh: no '$pat' from $name within $3s:" >&2
+      tail -20 "$LOGS/$name.log" >&2
+      return 1
+    fi
+    sleep 0.05
+  done
+}
+
+# pid_of NAME: the pid of a process started with start.
+pid_of() {
+  local i
+  for i in "${!names[@]}"; do [ "${names[$i]}" = "$1" ] && echo "${pids[$i]}" && return; done
+  return 1
+}
+
+# log_addr NAME PATTERN: the addr= field of the first log line matching PATTERN.
+log_addr() {
+  grep -m1 -- "$2" "$LOGS/$1.log" | sed -E 's/.*addr=("?)([^" ]+)\1.*/\2/'
+}
+
+# Raise the open-file limit for everything started below (the servers hold
+# one descriptor per client).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# Redis on a free port: pick one nobody answers on; retry if another
+# process takes it first.
+redis_port=""
+for _ in 1 2 3 4 5; do
+  p=$((20000 + RANDOM % 20000))
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then continue; fi
+  start redis redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no
+  if wait_log redis "Ready to accept connections" 10 2>/dev/null; then
+    redis_port=$p
+    break
+  fi
+  kill "${pids[-1]}" 2>/dev/null || true
+  wait "${pids[-1]}" 2>/dev/null || true
+  unset 'pids[-1]' 'names[-1]'
+done
+[ -n "$redis_port" ] || { echo "bench.sh: could not start redis-server; see $LOGS/redis.log" >&2; exit 1; }
+REDIS=127.0.0.1:$redis_port
+
+# shellcheck disable=SC2086 # SERVER_ARGS and PROXY_ARGS are word lists
+for n in $(seq "$NSERVERS"); do
+  start "s$n" "$BIN/chat-server" -id "s$n" -listen 127.0.0.1:0 -peer-listen 127.0.0.1:0 \
+    -redis "$REDIS" -multicore ${SERVER_ARGS:-}
+done
+clients="" peers="" pidlist=""
+for n in $(seq "$NSERVERS"); do
+  wait_log "s$n" "client listener ready" 15
+  wait_log "s$n" "peer listener ready" 15
+  clients+="${clients:+,}$(log_addr "s$n" "client listener ready")"
+  peers+="${peers:+,}s$n=$(log_addr "s$n" "peer listener ready")"
+  pidlist+="${pidlist:+,}s$n=$(pid_of "s$n")"
+done
+# shellcheck disable=SC2086
+start proxy "$BIN/chat-proxy" -servers "$peers" -redis "$REDIS" -multicore ${PROXY_ARGS:-}
+wait_log proxy "proxy ready" 15
+# "proxy ready" means the proxy has linked to every server; each server
+# logs its side of the link too.
+for n in $(seq "$NSERVERS"); do wait_log "s$n" "proxy link up" 15; done
+pidlist+=",proxy=$(pid_of proxy),redis=$(pid_of redis)"
+echo "bench.sh: redis $REDIS; servers $clients (peers $peers); proxy linked; scenario $SCENARIO" >&2
+
+# chat-bench runs in the foreground of this shell's process group: Ctrl-C
+# reaches it (and this shell, whose trap runs once chat-bench has finished
+# its report).
+rc=0
+"$BIN/chat-bench" -scenario "$SCENARIO" -servers "$clients" -pids "$pidlist" \
+  -html bench-report.html -json-file bench-report.json "$@" || rc=$?
+if [ -f bench-report.json ] && [ $rc -eq 0 -o $rc -eq 130 ]; then
+  echo "bench.sh: wrote bench-report.html and bench-report.json" >&2
+fi
+for n in "${names[@]}"; do
+  [ "$n" = redis ] && continue
+  if grep -qE 'level=(ERROR|WARN)' "$LOGS/$n.log"; then
+    echo "bench.sh: $n logged warnings or errors (first 5; all in $LOGS/$n.log):" >&2
+    grep -E 'level=(ERROR|WARN)' "$LOGS/$n.log" | head -5 >&2
+  fi
+done
+exit $rc
