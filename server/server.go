@@ -132,6 +132,9 @@ func (s *Server) Start() error {
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 		gnet.WithLogger(logger),
 		gnet.WithReusePort(false),
+		// A restarted server must bind its ports again at once, although
+		// the connections it closed are still in TIME_WAIT.
+		gnet.WithReuseAddr(true),
 	}
 	clientOpts := append([]gnet.Option{gnet.WithMulticore(s.opt.Multicore)}, common...)
 	if s.opt.Loops > 0 {

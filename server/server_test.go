@@ -657,3 +657,19 @@ func TestLineInPieces(t *testing.T) {
 		t.Fatalf("big chat arrived with %d bytes of content", len(fmt.Sprint(got["content"])))
 	}
 }
+
+// TestRestartOnSameAddresses: a server that closed its links and clients
+// can be started again on the same ports at once (SO_REUSEADDR), as an
+// operator restarting it would.
+func TestRestartOnSameAddresses(t *testing.T) {
+	c := startCluster(t, 2, false, nil)
+	c.login(t, 0, "alice")
+	old := c.servers[0]
+	clientAddr, peerAddr := old.ClientAddr(), old.PeerAddr()
+	if err := old.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = startServer(t, c.redis.Addr, c.prefix, "s1", false, func(o *server.Options) {
+		o.Listen, o.PeerListen = clientAddr, peerAddr
+	})
+}
