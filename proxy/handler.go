@@ -30,6 +30,7 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	}
 	c.C = gc
 	c.Loop = h.loops.Get(gc.EventLoop())
+	batch.NewCoalescer(&c.Endpoint) // links on other loops relay into this one
 	c.MaxOut = h.p.opt.MaxLinkOutbound
 	c.OnSlow = func() {
 		// Relaying already bounces frames past the cap; this only reports it.

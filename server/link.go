@@ -127,6 +127,7 @@ func (h *linkHandler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	lk := &link{}
 	lk.C = c
 	lk.Loop = h.loops.Get(c.EventLoop())
+	batch.NewCoalescer(&lk.Endpoint) // every client loop writes to links
 	lk.lastSeen.Store(time.Now().UnixNano())
 	lk.OnLost = func(n int) {
 		h.s.stats.LinkLost.Add(1)

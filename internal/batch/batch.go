@@ -24,6 +24,8 @@ type Endpoint struct {
 	// handed to C because it had closed. It may run on any loop.
 	OnLost func(bytes int)
 
+	co *Coalescer // set by NewCoalescer before e is published
+
 	closed atomic.Bool
 	slow   atomic.Bool
 	// pending is C.OutboundBuffered() as last seen on C's loop, for other
@@ -40,8 +42,14 @@ func (e *Endpoint) MarkClosed() { e.closed.Store(true) }
 func (e *Endpoint) Closed() bool { return e.closed.Load() }
 
 // Pending returns the bytes waiting in C's outbound buffer as last observed
-// on its loop; any goroutine may call it.
-func (e *Endpoint) Pending() int64 { return e.pending.Load() }
+// on its loop, plus what its Coalescer holds; any goroutine may call it.
+func (e *Endpoint) Pending() int64 {
+	n := e.pending.Load()
+	if e.co != nil {
+		n += int64(e.co.Buffered())
+	}
+	return n
+}
 
 // CheckOutbound records C's outbound backlog and calls OnSlow once past
 // MaxOut. It must run on C's loop; the flush calls it after every write.
@@ -100,8 +108,9 @@ func (l *Loop) Append(e *Endpoint, b []byte) {
 }
 
 // Flush writes everything gathered since the last Flush. Destinations on
-// this loop get a direct Write; others an AsyncWrite that takes the buffer
-// over and returns it to the pool once written.
+// this loop get a direct Write; others their Coalescer if they have one,
+// else an AsyncWrite that takes the buffer over and returns it to the pool
+// once written.
 func (l *Loop) Flush() {
 	for i, e := range l.targets {
 		buf := l.bufs[i]
@@ -116,6 +125,11 @@ func (l *Loop) Flush() {
 				_, _ = e.C.Write(buf)
 				e.CheckOutbound()
 			}
+			l.bufs[i] = buf[:0]
+			continue
+		}
+		if e.co != nil {
+			e.co.Append(buf)
 			l.bufs[i] = buf[:0]
 			continue
 		}
