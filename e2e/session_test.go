@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -133,7 +134,11 @@ func TestSessions(t *testing.T) {
 		s2 := cl.s[1].proc
 		s2.Signal(t, syscall.SIGTERM)
 		for _, c := range clients {
-			c.ExpectClosed(t, wait)
+			// Told why, then closed.
+			lines := c.ExpectClosed(t, wait)
+			if len(lines) != 1 || !strings.Contains(lines[0], `"error":"server shutting down"`) {
+				t.Errorf("before the close a client got %q, want one \"server shutting down\" error", lines)
+			}
 		}
 		if err := s2.Wait(t, wait); err != nil {
 			t.Errorf("chat-server s2 after SIGTERM: %v, want exit status 0", err)
