@@ -158,7 +158,7 @@ for n in "${names[@]}"; do
   [ "$n" = redis ] && continue
   if grep -qE 'level=(ERROR|WARN)' "$LOGS/$n.log"; then
     echo "bench.sh: $n logged warnings or errors (first 5; all in $LOGS/$n.log):" >&2
-    grep -E 'level=(ERROR|WARN)' "$LOGS/$n.log" | head -5 >&2
+    grep -m5 -E 'level=(ERROR|WARN)' "$LOGS/$n.log" >&2 # not | head: SIGPIPE under pipefail
   fi
 done
 exit $rc

@@ -430,16 +430,75 @@ func (s *Server) unregister(ss *session) {
 	s.release(id.name, id.route(s.opt.ID))
 }
 
-// release deletes name's route off the loop if it still equals r.
+// release queues the deletion of name's route, if it still equals r, for
+// the release worker. It never blocks: when the queue is full the route is
+// left (counted and logged); it names this server, so chats to it get
+// "recipient not online", and the next start of this server clears it.
 func (s *Server) release(name string, r route.Route) {
-	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), s.opt.RedisTimeout)
-		defer cancel()
-		if _, err := s.opt.Router.Release(ctx, name, r); err != nil {
-			s.stats.RedisErrors.Add(1)
-			s.log.Warn("could not release route", "user", name, "err", err)
+	select {
+	case s.releases <- releaseReq{name: name, r: r}:
+	default:
+		s.stats.ReleaseOverflow.Add(1)
+		if s.stats.ReleaseOverflow.Load()%1000 == 1 {
+			s.log.Warn("release queue full: leaving routes for the next start to clear", "queue", cap(s.releases), "total", s.stats.ReleaseOverflow.Load())
 		}
-	}()
+	}
+}
+
+// releaseReq is one queued route release.
+type releaseReq struct {
+	name string
+	r    route.Route
+}
+
+// releaseWorker deletes queued routes in pipelined batches of up to
+// releaseBatch, so that thousands of sessions closing at once cost a few
+// round trips, not thousands of concurrent ones. On stop it releases what
+// is still queued.
+func (s *Server) releaseWorker() {
+	defer s.bg.Done()
+	batch := make(map[string]route.Route, releaseBatch)
+	for {
+		select {
+		case <-s.stop:
+			for {
+				select {
+				case req := <-s.releases:
+					batch[req.name] = req.r
+					if len(batch) < releaseBatch {
+						continue
+					}
+					s.releaseBatch(batch)
+				default:
+					s.releaseBatch(batch)
+					return
+				}
+			}
+		case req := <-s.releases:
+			batch[req.name] = req.r // a later release of a name supersedes
+		drain:
+			for len(batch) < releaseBatch {
+				select {
+				case req := <-s.releases:
+					batch[req.name] = req.r
+				default:
+					break drain
+				}
+			}
+			s.releaseBatch(batch)
+		}
+	}
+}
+
+func (s *Server) releaseBatch(batch map[string]route.Route) {
+	if len(batch) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.opt.RedisTimeout)
+	defer cancel()
+	if _, err := s.opt.Router.ReleaseAll(ctx, batch); err != nil {
+		s.stats.RedisErrors.Add(1)
+		s.log.Warn("could not release routes", "routes", len(batch), "err", err)
+	}
+	clear(batch)
 }

@@ -44,6 +44,9 @@ type Server struct {
 	// reroutes feeds rerouteWorker; its capacity bounds the chats waiting
 	// for a fresh lookup.
 	reroutes chan rerouteJob
+	// releases feeds releaseWorker; its capacity bounds the route
+	// deletions waiting.
+	releases chan releaseReq
 	// inflight bounds the off-loop Redis operations of the whole server.
 	inflight chan struct{}
 	// closing is set at the start of Shutdown: closing sessions then leave
@@ -59,6 +62,13 @@ type Server struct {
 // rerouteQueue bounds the chats waiting for a fresh route lookup after
 // reaching a server their recipient had left.
 const rerouteQueue = 4096
+
+// releaseQueue bounds the route deletions waiting for the release worker,
+// and releaseBatch how many it pipelines in one round trip.
+const (
+	releaseQueue = 1 << 17
+	releaseBatch = 256
+)
 
 // engine is one gnet engine and what its OnBoot learnt.
 type engine struct {
@@ -85,6 +95,7 @@ func New(o Options) (*Server, error) {
 		kicks:    newKickMemo(kickMemoSize, kickMemoTTL),
 		inflight: make(chan struct{}, o.MaxInflight),
 		reroutes: make(chan rerouteJob, rerouteQueue),
+		releases: make(chan releaseReq, releaseQueue),
 		hold:     newHolder(o.MaxHoldBytes, o.MaxHoldAge),
 		stop:     make(chan struct{}),
 	}
@@ -155,7 +166,8 @@ func (s *Server) Start() error {
 	s.log.Info("client listener ready", "addr", s.clients.addr)
 	s.log.Info("peer listener ready", "addr", s.peers.addr)
 
-	s.bg.Add(4)
+	s.bg.Add(5)
+	go s.releaseWorker()
 	go s.heartbeat()
 	go s.watchLinks()
 	go s.rerouteWorker()

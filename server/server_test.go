@@ -673,3 +673,48 @@ func TestRestartOnSameAddresses(t *testing.T) {
 		o.Listen, o.PeerListen = clientAddr, peerAddr
 	})
 }
+
+// TestMassDisconnectReleasesRoutes: thousands of sessions closing at once
+// all get their routes deleted (batched), without Redis errors.
+func TestMassDisconnectReleasesRoutes(t *testing.T) {
+	c := startCluster(t, 1, false, nil)
+	const n = 3000
+	conns := make([]net.Conn, 0, n)
+	for i := 0; i < n; i++ {
+		conn, err := net.Dial("tcp", c.servers[0].ClientAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, `{"cmd":"login","name":"m%d"}`+"\n", i)
+		conns = append(conns, conn)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for c.servers[0].Stats().Logins.Load() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d logged in", c.servers[0].Stats().Logins.Load(), n)
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval
+	}
+	for _, conn := range conns {
+		conn.Close()
+	}
+	ctx := context.Background()
+	for i := 0; i < n; i++ {
+		for {
+			_, ok, err := c.stores[0].FreshLookup(ctx, fmt.Sprintf("m%d", i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("route of m%d still there after the mass disconnect", i)
+			}
+			time.Sleep(10 * time.Millisecond) // poll interval
+		}
+	}
+	if e := c.servers[0].Stats().RedisErrors.Load(); e != 0 {
+		t.Fatalf("%d Redis errors releasing routes", e)
+	}
+}

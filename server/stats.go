@@ -33,6 +33,7 @@ type Stats struct {
 	HoldExpired       atomic.Int64 // held chats whose sender got an error after MaxHoldAge
 	HoldOverflow      atomic.Int64 // chats refused: their server's hold queue was full, or holding is off and no link is up
 	AuthFailures      atomic.Int64 // logins refused for a missing, invalid or expired token
+	ReleaseOverflow   atomic.Int64 // route deletions not queued (queue full); cleared at the next start
 	Refused           atomic.Int64 // connections refused at MaxConns
 	IdleClosed        atomic.Int64 // connections closed by IdleTimeout
 	RateLimited       atomic.Int64 // requests refused by RateLimit
@@ -70,6 +71,7 @@ func (s *Stats) Snapshot() map[string]int64 {
 		"hold_expired":        s.HoldExpired.Load(),
 		"hold_overflow":       s.HoldOverflow.Load(),
 		"auth_failures":       s.AuthFailures.Load(),
+		"release_overflow":    s.ReleaseOverflow.Load(),
 		"refused":             s.Refused.Load(),
 		"idle_closed":         s.IdleClosed.Load(),
 		"rate_limited":        s.RateLimited.Load(),
