@@ -42,18 +42,27 @@ names=()
 cleanup() {
   local rc=$?
   trap - INT TERM EXIT
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  local deadline=$((SECONDS + 10))
-  for p in "${pids[@]}"; do
-    while kill -0 "$p" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
-    if kill -0 "$p" 2>/dev/null; then
-      echo "bench.sh: pid $p ignored SIGTERM for 10s; killing it" >&2
-      kill -KILL "$p" 2>/dev/null || true
-    fi
-    wait "$p" 2>/dev/null || true
+  # The proxy and servers first, Redis last: servers delete their sessions'
+  # routes while they shut down.
+  local i
+  for i in "${!pids[@]}"; do [ "${names[$i]}" = redis ] || kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+  for i in "${!pids[@]}"; do [ "${names[$i]}" = redis ] || reap "${pids[$i]}"; done
+  for i in "${!pids[@]}"; do
+    [ "${names[$i]}" = redis ] && { kill -TERM "${pids[$i]}" 2>/dev/null || true; reap "${pids[$i]}"; }
   done
   [ ${#pids[@]} -gt 0 ] && echo "bench.sh: stopped ${names[*]} (logs in $LOGS/)" >&2
   exit "$rc"
+}
+
+# reap PID: waits up to 10 s for a child that was sent SIGTERM, then kills it.
+reap() {
+  local p=$1 deadline=$((SECONDS + 10))
+  while kill -0 "$p" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+  if kill -0 "$p" 2>/dev/null; then
+    echo "bench.sh: pid $p ignored SIGTERM for 10s; killing it" >&2
+    kill -KILL "$p" 2>/dev/null || true
+  fi
+  wait "$p" 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -461,6 +461,8 @@ func (s *Server) releaseWorker() {
 	for {
 		select {
 		case <-s.stop:
+			// Release what is queued, unless Redis fails: then leave the
+			// rest to the next start rather than hold up the shutdown.
 			for {
 				select {
 				case req := <-s.releases:
@@ -468,7 +470,10 @@ func (s *Server) releaseWorker() {
 					if len(batch) < releaseBatch {
 						continue
 					}
-					s.releaseBatch(batch)
+					if !s.releaseBatch(batch) {
+						s.log.Warn("leaving queued routes for the next start to clear", "routes", len(s.releases))
+						return
+					}
 				default:
 					s.releaseBatch(batch)
 					return
@@ -490,15 +495,19 @@ func (s *Server) releaseWorker() {
 	}
 }
 
-func (s *Server) releaseBatch(batch map[string]route.Route) {
+// releaseBatch deletes batch's routes (where unchanged) and empties it; it
+// reports whether Redis answered.
+func (s *Server) releaseBatch(batch map[string]route.Route) bool {
 	if len(batch) == 0 {
-		return
+		return true
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.opt.RedisTimeout)
 	defer cancel()
-	if _, err := s.opt.Router.ReleaseAll(ctx, batch); err != nil {
+	_, err := s.opt.Router.ReleaseAll(ctx, batch)
+	if err != nil {
 		s.stats.RedisErrors.Add(1)
 		s.log.Warn("could not release routes", "routes", len(batch), "err", err)
 	}
 	clear(batch)
+	return err == nil
 }
