@@ -718,3 +718,72 @@ func TestMassDisconnectReleasesRoutes(t *testing.T) {
 		t.Fatalf("%d Redis errors releasing routes", e)
 	}
 }
+
+// TestTwoProxies: with two proxies linked, losing one does not interrupt
+// cross-server chat: the servers route through the other at once.
+func TestTwoProxies(t *testing.T) {
+	c := startCluster(t, 2, false, nil)
+	first := c.proxy
+	c.startProxy(t) // a second proxy (ids only name proxies in logs)
+	alice := c.login(t, 0, "alice")
+	bob := c.login(t, 1, "bob")
+	alice.Send(t, `{"cmd":"chat","recv":"bob","content":"two","id":1}`)
+	alice.Expect(t, wait, map[string]any{"cmd": "ack", "id": 1})
+	bob.Expect(t, wait, map[string]any{"cmd": "chat", "content": "two"})
+
+	c.stopProxyOf(first)
+	deadline := time.Now().Add(wait)
+	for _, srv := range c.servers {
+		for srv.Stats().LinksUp.Load() != 1 {
+			if time.Now().After(deadline) {
+				t.Fatal("servers did not notice the first proxy leave")
+			}
+			time.Sleep(5 * time.Millisecond) // poll interval
+		}
+	}
+	for i := 0; i < 50; i++ {
+		alice.Send(t, fmt.Sprintf(`{"cmd":"chat","recv":"bob","content":"m%d","id":%d}`, i, i+10))
+		alice.Expect(t, wait, map[string]any{"cmd": "ack", "id": i + 10})
+		bob.Expect(t, wait, map[string]any{"cmd": "chat", "content": fmt.Sprintf("m%d", i)})
+	}
+	if h := c.servers[0].Stats().Held.Load(); h != 0 {
+		t.Fatalf("%d chats were held although a proxy was linked", h)
+	}
+}
+
+// TestProxyDiscovery: a proxy without a static list finds the servers by
+// their Redis heartbeats and links them.
+func TestProxyDiscovery(t *testing.T) {
+	rd := testenv.Redis(t)
+	prefix := "disc:"
+	s1, _ := startServer(t, rd.Addr, prefix, "s1", false, nil)
+	s2, _ := startServer(t, rd.Addr, prefix, "s2", false, nil)
+	st, err := route.New(route.Options{Addrs: []string{rd.Addr}, Prefix: prefix, DisableCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	p, err := proxy.New(proxy.Options{Discover: st.Servers, DiscoverEvery: 100 * time.Millisecond, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Shutdown(context.Background()) })
+	deadline := time.Now().Add(wait)
+	for s1.Stats().LinksUp.Load() != 1 || s2.Stats().LinksUp.Load() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the proxy did not discover and link both servers")
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval
+	}
+	a := testenv.Dial(t, s1.ClientAddr())
+	a.Send(t, `{"cmd":"login","name":"a"}`)
+	a.Expect(t, wait, map[string]any{"cmd": "login", "ok": true})
+	b := testenv.Dial(t, s2.ClientAddr())
+	b.Send(t, `{"cmd":"login","name":"b"}`)
+	b.Expect(t, wait, map[string]any{"cmd": "login", "ok": true})
+	a.Send(t, `{"cmd":"chat","recv":"b","content":"found you"}`)
+	b.Expect(t, wait, map[string]any{"cmd": "chat", "content": "found you", "send": "a"})
+}
