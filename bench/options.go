@@ -130,17 +130,6 @@ func ParsePids(s string) ([]ProcSpec, error) {
 	return out, nil
 }
 
-// ParseServers splits a comma list of addresses.
-func ParseServers(s string) []string {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
 const perProcClients = 15000
 
 // withDefaults returns o with zero fields replaced by their defaults, or an

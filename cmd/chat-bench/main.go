@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/relaychat/relaychat/bench"
+	"github.com/relaychat/relaychat/internal/cli"
 )
 
 // scenarios are presets of flag values; explicit flags win over them.
@@ -124,7 +125,7 @@ func run() int {
 		return 2
 	}
 	o := bench.Options{
-		Servers: bench.ParseServers(*servers), Clients: *clients, Duration: *duration,
+		Servers: cli.SplitList(*servers), Clients: *clients, Duration: *duration,
 		Warmup: *warmup, Rate: *rate, Size: *size, Cross: *cross, CrossSet: true,
 		Window: *window, Drain: *drain, Fanout: *fanout, Ack: *ack, Hold: *hold,
 		Ping: *ping, Procs: *procs, SrcIPs: *srcIPs, ConnectConcurrency: *concur,
