@@ -226,3 +226,53 @@ func TestBadInput(t *testing.T) {
 	}
 	expectPong(t, c)
 }
+
+// TestFileTableFull: a server whose open-file limit is tiny (64) is flooded
+// with connections. It must refuse the excess with "server full" and keep
+// running (gnet stops its whole engine if accept fails with EMFILE), then
+// accept again once connections close.
+func TestFileTableFull(t *testing.T) {
+	t.Parallel()
+	bin := testenv.Build(t)
+	rd := testenv.Redis(t)
+	srv := testenv.Start(t, "/bin/sh", "-c", "ulimit -n 64 && exec "+filepath.Join(bin, "chat-server")+
+		" -id f1 -listen 127.0.0.1:0 -peer-listen 127.0.0.1:0 -redis "+rd.Addr)
+	addr := srv.WaitLine(t, `msg="client listener ready".*\baddr="?([^"\s]+)`, wait)[1]
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	full := 0
+	for i := 0; i < 150; i++ {
+		conn, err := net.DialTimeout("tcp", addr, wait)
+		if err != nil {
+			t.Fatalf("connection %d: %v (did the server stop accepting?)", i, err)
+		}
+		held = append(held, conn)
+		_ = conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		line, _ := bufio.NewReader(conn).ReadString('\n')
+		if strings.Contains(line, "server full") {
+			full++
+		}
+	}
+	if full == 0 {
+		t.Fatal("150 connections to a server limited to 64 files, and none was refused")
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	held = nil
+	c := testenv.Dial(t, addr)
+	eventually(t, wait, func() (bool, string) {
+		c.Send(t, `{"cmd":"ping"}`)
+		m := next(t, c)
+		return m["cmd"] == "pong", fmt.Sprintf("after the flood: %v", m)
+	})
+	select {
+	case <-srv.Done():
+		t.Fatal("the server exited during the flood")
+	default:
+	}
+}

@@ -43,10 +43,10 @@ type clientHandler struct {
 
 func (h *clientHandler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	s := h.s
-	if s.stats.Connections.Load() >= int64(s.opt.MaxConns) {
+	if limit := s.maxConns.Load(); limit > 0 && s.stats.Connections.Load() >= limit {
 		s.stats.Refused.Add(1)
 		if s.stats.Refused.Load()%1000 == 1 {
-			s.log.Warn("refusing connections: at the connection cap", "max_conns", s.opt.MaxConns, "refused_total", s.stats.Refused.Load())
+			s.log.Warn("refusing connections: at the connection cap", "max_conns", limit, "refused_total", s.stats.Refused.Load())
 		}
 		return codec.AppendError(nil, string(errServerFull), nil), gnet.Close
 	}

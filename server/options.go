@@ -75,8 +75,10 @@ type Options struct {
 	// an error. 0 means 4096.
 	MaxInflight int
 	// MaxConns caps the client connections; one more is answered with an
-	// error and closed at once. 0 means 1,000,000. Keep it below the
-	// process's open-file limit (the command derives it from RLIMIT_NOFILE):
+	// error and closed at once. 0 means: derived when Start has opened the
+	// listeners, as RLIMIT_NOFILE minus the descriptors then in use minus a
+	// headroom (for Redis reconnects, proxy links and connections accepted
+	// before they can be refused). It must stay below the open-file limit:
 	// gnet stops the whole engine when accept fails with EMFILE.
 	MaxConns int
 	// IdleTimeout closes a client connection that has sent nothing (a ping
@@ -147,9 +149,6 @@ func (o *Options) setDefaults() error {
 	}
 	if o.MaxInflight == 0 {
 		o.MaxInflight = 4096
-	}
-	if o.MaxConns == 0 {
-		o.MaxConns = 1_000_000
 	}
 	if o.MaxConns < 0 || o.IdleTimeout < 0 || o.RateLimit < 0 || o.RateBurst < 0 {
 		return errors.New("server: max-conns, idle-timeout, rate-limit and rate-burst must not be negative")

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -49,6 +50,9 @@ type Server struct {
 	releases chan releaseReq
 	// inflight bounds the off-loop Redis operations of the whole server.
 	inflight chan struct{}
+	// maxConns is the connection cap in force (Options.MaxConns, or derived
+	// at start); 0 until then means no cap.
+	maxConns atomic.Int64
 	// closing is set at the start of Shutdown: closing sessions then leave
 	// their routes to the bulk release.
 	closing atomic.Bool
@@ -99,6 +103,7 @@ func New(o Options) (*Server, error) {
 		hold:     newHolder(o.MaxHoldBytes, o.MaxHoldAge),
 		stop:     make(chan struct{}),
 	}
+	s.maxConns.Store(int64(o.MaxConns))
 	return s, nil
 }
 
@@ -163,6 +168,10 @@ func (s *Server) Start() error {
 		<-s.clients.done
 		return err
 	}
+	if s.maxConns.Load() == 0 {
+		s.maxConns.Store(int64(deriveMaxConns()))
+	}
+	s.log.Info("connection cap", "max_conns", s.maxConns.Load())
 	s.log.Info("client listener ready", "addr", s.clients.addr)
 	s.log.Info("peer listener ready", "addr", s.peers.addr)
 
@@ -365,6 +374,22 @@ func (s *Server) shutdown(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("server: background work: %w", ctx.Err()))
 	}
 	return errors.Join(errs...)
+}
+
+// deriveMaxConns returns the open-file limit minus the descriptors in use
+// minus a headroom of 64 (a quarter of what is free when that is less), at
+// least 1; 1,000,000 when the limit cannot be read.
+func deriveMaxConns() int {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur == unix.RLIM_INFINITY {
+		return 1_000_000
+	}
+	used := 0
+	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
+		used = len(fds)
+	}
+	free := int(lim.Cur) - used
+	return max(1, free-min(64, free/4))
 }
 
 // newToken returns a random session token (16 hex digits).

@@ -18,10 +18,6 @@ import (
 
 const prog = "chat-server"
 
-// connReserve is how many descriptors the derived connection cap leaves
-// for everything that is not a client.
-const connReserve = 128
-
 func main() {
 	fs := flag.NewFlagSet(prog, flag.ExitOnError)
 	fs.Usage = func() {
@@ -46,7 +42,7 @@ func main() {
 		redisTO     = fs.Duration("redis-timeout", 2*time.Second, "timeout of one Redis operation")
 		cacheTTL    = fs.Duration("route-cache-ttl", route.DefaultCacheTTL, "how long a route stays in the client-side cache at most")
 		noCache     = fs.Bool("no-route-cache", false, "disable client-side caching of routes (for comparison)")
-		maxConns    = fs.Int("max-conns", 0, "client connections at most; 0 = the open-file limit minus a reserve")
+		maxConns    = fs.Int("max-conns", 0, "client connections at most; 0 = derived at start from the open-file limit, the descriptors in use and a headroom")
 		idleTO      = fs.Duration("idle-timeout", 5*time.Minute, "close a client silent this long (a ping keeps it open); 0 = never")
 		rateLimit   = fs.Float64("rate-limit", 0, "requests per second per connection; 0 = no limit")
 		rateBurst   = fs.Int("rate-burst", 0, "burst of -rate-limit; 0 = one second's worth")
@@ -87,15 +83,11 @@ func main() {
 		*id = "s" + port
 	}
 	cli.ServePprof(*pprofAddr, log)
-	nofile, err := cli.RaiseNoFile()
+	nofile, err := cli.RaiseNoFile() // the server derives its connection cap from it
 	if err != nil {
 		log.Warn("could not raise the open-file limit", "err", err)
 	}
-	if *maxConns == 0 && nofile > 0 {
-		// Keep descriptors for Redis, links, logs and the listeners.
-		*maxConns = max(1, int(nofile)-connReserve)
-	}
-	log.Info("connection cap", "max_conns", *maxConns, "nofile", nofile)
+	log.Debug("open-file limit", "nofile", nofile)
 	store, err := route.New(route.Options{
 		Addrs:        cli.SplitList(*redisAddr),
 		Prefix:       *prefix,
