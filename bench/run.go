@@ -253,18 +253,24 @@ func (c *coordinator) stopTicker() {
 // connectAll runs every engine's connect phase at once; each bounds its
 // own concurrency.
 func (c *coordinator) connectAll(ctx context.Context) ([]connectResult, error) {
-	crs := make([]connectResult, len(c.hs))
-	errs := make([]error, len(c.hs))
+	return eachEngine(c.hs, func(h handle) (connectResult, error) { return h.connect(ctx) })
+}
+
+// eachEngine calls fn for every engine at once and returns the results in
+// engine order with the errors joined.
+func eachEngine[T any](hs []handle, fn func(handle) (T, error)) ([]T, error) {
+	out := make([]T, len(hs))
+	errs := make([]error, len(hs))
 	var wg sync.WaitGroup
-	for i, h := range c.hs {
+	for i, h := range hs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			crs[i], errs[i] = h.connect(ctx)
+			out[i], errs[i] = fn(h)
 		}()
 	}
 	wg.Wait()
-	return crs, errors.Join(errs...)
+	return out, errors.Join(errs...)
 }
 
 // windowSamples are the readings that bracket the measured window.
@@ -332,18 +338,7 @@ func (c *coordinator) sendPhase(ctx context.Context) windowSamples {
 
 // finishAll waits for every engine's drain and final account.
 func (c *coordinator) finishAll() ([]engineResult, error) {
-	ers := make([]engineResult, len(c.hs))
-	errs := make([]error, len(c.hs))
-	var wg sync.WaitGroup
-	for i, h := range c.hs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ers[i], errs[i] = h.finish()
-		}()
-	}
-	wg.Wait()
-	return ers, errors.Join(errs...)
+	return eachEngine(c.hs, func(h handle) (engineResult, error) { return h.finish() })
 }
 
 // assemble fills the report from the engines' accounts and the samples.
