@@ -98,7 +98,6 @@ func parseUint(p []byte) (n uint64, rest []byte, ok bool) {
 var (
 	lineChatPrefix = []byte(`{"cmd":"chat","recv":"`)
 	lineContent    = []byte(`","content":"`)
-	linePing       = []byte("{\"cmd\":\"ping\"}\n")
 )
 
 // appendChat appends one chat request line (with its '\n') to dst. id is

@@ -122,11 +122,7 @@ func (p *Proxy) relay(c *conn) gnet.Action {
 			p.stats.Relayed.Add(1)
 		}
 	}
-	if consumed > 0 {
-		// Only then: gnet's Discard(n <= 0) empties the whole buffer,
-		// which would throw away a frame still arriving.
-		_, _ = c.C.Discard(consumed)
-	}
+	batch.Consume(c.C, consumed)
 	return gnet.None
 }
 

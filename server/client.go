@@ -149,11 +149,7 @@ func (s *Server) serve(ss *session) gnet.Action {
 		}
 		s.handle(ss, line)
 	}
-	if consumed > 0 {
-		// Only then: gnet's Discard(n <= 0) empties the whole buffer,
-		// which would throw away a line still arriving.
-		_, _ = c.Discard(consumed)
-	}
+	batch.Consume(c, consumed)
 	if ss.busy {
 		return s.checkPending(ss)
 	}

@@ -199,11 +199,7 @@ func (s *Server) serveLink(lk *link) gnet.Action {
 			s.frame(lk, line)
 		}
 	}
-	if consumed > 0 {
-		// Only then: gnet's Discard(n <= 0) empties the whole buffer,
-		// which would throw away a line still arriving.
-		_, _ = c.Discard(consumed)
-	}
+	batch.Consume(c, consumed)
 	return gnet.None
 }
 

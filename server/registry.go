@@ -77,17 +77,6 @@ func (r *registry) remove(name string, s *session) bool {
 	return false
 }
 
-func (r *registry) len() int {
-	n := 0
-	for i := range r.shards {
-		sh := &r.shards[i]
-		sh.RLock()
-		n += len(sh.m)
-		sh.RUnlock()
-	}
-	return n
-}
-
 // routes returns the route of every registered session.
 func (r *registry) routes(server string) map[string]route.Route {
 	out := make(map[string]route.Route)

@@ -179,3 +179,12 @@ func (ls *Loops) Get(loop gnet.EventLoop) *Loop {
 	v, _ := ls.m.LoadOrStore(loop, NewLoop())
 	return v.(*Loop)
 }
+
+// Consume drops the first n bytes of c's inbound buffer, after the caller
+// has handled them. n == 0 does nothing: gnet's own Discard(n <= 0) empties
+// the whole buffer, which would throw away a line still arriving.
+func Consume(c gnet.Conn, n int) {
+	if n > 0 {
+		_, _ = c.Discard(n)
+	}
+}
