@@ -325,6 +325,9 @@ func (s *Store) CachedLookup(name string) (r Route, ok bool, hit bool) {
 // cached like a value. The same no-read-your-writes caveat as CachedLookup
 // applies. A stored value that does not parse is an error wrapping
 // ErrMalformed. If ctx has no deadline, Options.Timeout applies.
+//
+// When Redis cannot be reached it answers from the last route name
+// resolved to (see CachedLookup), and fails only for names it has none for.
 func (s *Store) Lookup(ctx context.Context, name string) (r Route, ok bool, err error) {
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
@@ -343,6 +346,15 @@ func (s *Store) Lookup(ctx context.Context, name string) (r Route, ok bool, err 
 			continue
 		}
 		if err != nil {
+			// Redis unreachable (not an error reply): answer from the
+			// last-known route, as CachedLookup does while the connection
+			// is marked down. This also covers the moment between rueidis
+			// dropping its cache and OnInvalidations marking us down.
+			if _, isReply := rueidis.IsRedisErr(err); !isReply && !s.noCache {
+				if e, found := s.last.get(name); found {
+					return e.r, e.ok, nil
+				}
+			}
 			return Route{}, false, fmt.Errorf("route: lookup %q: %w", name, err)
 		}
 		s.last.put(name, fallbackEntry{r: r, ok: ok})

@@ -261,3 +261,35 @@ func TestRedisDownFailsFast(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // poll interval
 	}
 }
+
+// TestLookupFallsBackWhenRedisDown: once Redis is unreachable, Lookup
+// answers from the last route each name resolved to, whatever state the
+// client-side cache is in, and fails for names it never resolved.
+func TestLookupFallsBackWhenRedisDown(t *testing.T) {
+	rd := testenv.Redis(t)
+	s := newStore(t, rd.Addr, route.Options{Timeout: 300 * time.Millisecond})
+	ctx := context.Background()
+	bob := route.Route{Server: "s2", Token: "b"}
+	if _, _, err := s.Claim(ctx, "bob", bob); err != nil {
+		t.Fatal(err)
+	}
+	if r, ok, err := s.Lookup(ctx, "bob"); err != nil || !ok || r != bob {
+		t.Fatalf("Lookup before the outage = %v %v %v", r, ok, err)
+	}
+	rd.Kill()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Ping(ctx) == nil { // until the store has noticed
+		if time.Now().After(deadline) {
+			t.Fatal("Ping still answers with Redis killed")
+		}
+		time.Sleep(5 * time.Millisecond) // poll interval
+	}
+	for i := 0; i < 20; i++ {
+		if r, ok, err := s.Lookup(ctx, "bob"); err != nil || !ok || r != bob {
+			t.Fatalf("Lookup %d during the outage = %v %v %v, want the last-known %v", i, r, ok, err, bob)
+		}
+	}
+	if _, _, err := s.Lookup(ctx, "stranger"); err == nil {
+		t.Fatal("Lookup of a name never resolved succeeded with Redis down")
+	}
+}
