@@ -26,7 +26,7 @@ unit:
 	$(GO) test -race -count=1 -timeout 10m ./...
 
 # Fuzz targets: the codec's, and the server's request handler.
-FUZZ_PKGS := ./codec/ ./server/
+FUZZ_PKGS := ./codec/ ./server/ ./internal/peer/
 
 fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)

@@ -11,17 +11,19 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
-	"errors"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/relaychat/relaychat/codec"
 )
 
-// Errors returned by Verify; their texts are shown to clients.
-var (
-	ErrMissing = errors.New("login requires a token")
-	ErrInvalid = errors.New("invalid token")
-	ErrExpired = errors.New("token expired")
+// Errors returned by Verify; their texts are shown to clients (they live in
+// codec's one list of client-visible errors).
+const (
+	ErrMissing = codec.ErrTokenMissing
+	ErrInvalid = codec.ErrTokenInvalid
+	ErrExpired = codec.ErrTokenExpired
 )
 
 // Mint returns a token for name that expires at expires.

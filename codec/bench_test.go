@@ -25,11 +25,12 @@ func BenchmarkAppendDelivery(b *testing.B) {
 	}
 }
 
-func BenchmarkFrameDst(b *testing.B) {
-	line := AppendFrame(nil, KindMsg, "B", "A", 0, "user0001", "user1234", []byte("17"), chatLine)
+func BenchmarkFrameRoute(b *testing.B) {
+	line := AppendFrame(nil, &Frame{Kind: KindMsg, Dst: []byte("B"), DstEpoch: 0x18a3f5c2d4e6f701, Src: []byte("A"), Stream: 0x18a3f5c2d4e6f702,
+		Seq: 123456, Send: []byte("user0001"), Recv: []byte("user1234"), ID: []byte("17"), Payload: chatLine})
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, err := FrameDst(line); err != nil {
+		if _, _, _, err := FrameRoute(line); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -221,47 +221,43 @@ func TestEncodeIsJSON(t *testing.T) {
 func TestLinkFrames(t *testing.T) {
 	payload := AppendDelivery(nil, "alice", "bob", "hi there", 1)
 	payload = payload[:len(payload)-1]
-	for _, id := range [][]byte{nil, []byte("42"), []byte(`"with spaces: and 9:colons"`)} {
-		line := AppendFrame(nil, KindMsg, "B", "A", 1, "alice", "bob", id, payload)
+	for _, tc := range []Frame{
+		{Kind: KindMsg, Dst: []byte("B"), DstEpoch: 0x18a3, Src: []byte("A"), Stream: 0xffffffffffffffff, Seq: 1, Send: []byte("alice"), Recv: []byte("bob"), Payload: payload},
+		{Kind: KindMsg, Dst: []byte("B"), DstEpoch: 1, Src: []byte("A"), Stream: 7, Seq: 99, Hops: 2, Send: []byte("-"), Recv: []byte("-"), ID: []byte("42"), Payload: payload},
+		{Kind: KindError, Dst: []byte("s.1"), DstEpoch: 1, Src: []byte("s_2"), Stream: 3, Seq: 5, Recv: []byte("a:b c"[:3]), ID: []byte(`"with spaces: and 9:colons"`), Payload: []byte(`{"cmd":"error"}`)},
+		{Kind: KindKick, Dst: []byte("B"), DstEpoch: 1, Src: []byte("A"), Stream: 3, Seq: 6, Recv: []byte("bob"), Payload: []byte("tok A tok2")},
+	} {
+		line := AppendFrame(nil, &tc)
 		if bytes.Count(line, []byte("\n")) != 1 || line[len(line)-1] != '\n' {
 			t.Fatalf("frame not one line: %q", line)
 		}
 		line = line[:len(line)-1]
-		kind, dst, err := FrameDst(line)
-		if err != nil || kind != KindMsg || string(dst) != "B" {
-			t.Fatalf("FrameDst(%q) = %c %q %v", line, kind, dst, err)
+		kind, dst, src, err := FrameRoute(line)
+		if err != nil || kind != tc.Kind || !bytes.Equal(dst, tc.Dst) || !bytes.Equal(src, tc.Src) {
+			t.Fatalf("FrameRoute(%q) = %c %q %q %v", line, kind, dst, src, err)
 		}
 		var f Frame
 		if err := ParseFrame(line, &f); err != nil {
 			t.Fatalf("ParseFrame(%q): %v", line, err)
 		}
-		if f.Kind != KindMsg || string(f.Dst) != "B" || string(f.Src) != "A" || f.Hops != 1 || string(f.Send) != "alice" ||
-			string(f.Recv) != "bob" || !bytes.Equal(f.ID, id) || !bytes.Equal(f.Payload, payload) {
-			t.Fatalf("ParseFrame(%q) = %+v", line, f)
+		if f.Kind != tc.Kind || !bytes.Equal(f.Dst, tc.Dst) || f.DstEpoch != tc.DstEpoch || !bytes.Equal(f.Src, tc.Src) || f.Stream != tc.Stream ||
+			f.Seq != tc.Seq || f.Hops != tc.Hops || !bytes.Equal(f.Send, tc.Send) || !bytes.Equal(f.Recv, tc.Recv) ||
+			!bytes.Equal(f.ID, tc.ID) || !bytes.Equal(f.Payload, tc.Payload) {
+			t.Fatalf("ParseFrame(%q) = %+v, want %+v", line, f, tc)
 		}
 	}
-	line := AppendFrame(nil, KindKick, "B", "A", 0, "", "bob", nil, []byte("tok"))
+	ack := AppendAckFrame(nil, "A", 0x10, "B", 0x20, 77)
 	var f Frame
-	if err := ParseFrame(line[:len(line)-1], &f); err != nil || f.Send != nil || string(f.Recv) != "bob" || string(f.Payload) != "tok" {
-		t.Fatalf("kick frame %q parsed as %+v, %v", line, f, err)
+	if err := ParseFrame(ack[:len(ack)-1], &f); err != nil || f.Kind != KindAck || string(f.Dst) != "A" || f.DstEpoch != 0x10 ||
+		string(f.Src) != "B" || f.Stream != 0x20 || f.Seq != 77 {
+		t.Fatalf("ack %q parsed as %+v, %v", ack, f, err)
 	}
-	for _, bad := range []string{"", "M", "MB", "M B A", "M B A x s r 0: p", "M B A -1 s r 0: p", "M B A 0 s r 5:ab p", "M B A 0 s r 0:", "M B A 0 s r :x p", "M B A 0 s r 99999:x p"} {
+	for _, bad := range []string{"", "M", "MB", "M B 1 A", "X B 1 A 1 1 0 0: 0: 0: p", "M B 1 A 1 0 0 0: 0: 0: p",
+		"M B 1 A 1 1 -1 0: 0: 0: p", "M B 1 A 1 1 0 5:ab 0: 0: p", "M B 1 A 1 1 0 0: 0: 0:", "M B 1 A 1 1 0 :x 0: 0: p",
+		"M B 1 A 1 1 0 99999:x 0: 0: p", "M B g A 1 1 0 0: 0: 0: p", "M B 1 A 1 x 0 0: 0: 0: p", "M b/c 1 A 1 1 0 0: 0: 0: p",
+		"A B 1 A 1", "A B 1 A 1 x", "M B 1 A 1 1 0 65:" + strings.Repeat("n", 65) + " 0: 0: p"} {
 		if err := ParseFrame([]byte(bad), &f); err == nil {
 			t.Errorf("ParseFrame(%q) accepted %+v", bad, f)
-		}
-	}
-	h := AppendHello(nil, "proxy", "p1", "")
-	role, id, secret, err := ParseHello(h[:len(h)-1])
-	if err != nil || role != "proxy" || id != "p1" || secret != "" {
-		t.Fatalf("hello %q -> %q %q %q %v", h, role, id, secret, err)
-	}
-	h = AppendHello(nil, "server", "A", "s3cret")
-	if _, _, secret, err = ParseHello(h[:len(h)-1]); err != nil || secret != "s3cret" {
-		t.Fatalf("hello secret %q %v", secret, err)
-	}
-	for _, bad := range []string{"H", "H proxy", "H proxy bad/id -", "X proxy p -", "H proxy p - extra"} {
-		if _, _, _, err := ParseHello([]byte(bad)); err == nil {
-			t.Errorf("ParseHello(%q) accepted", bad)
 		}
 	}
 }
@@ -325,21 +321,32 @@ func TestDecodeNullAndEmptyFields(t *testing.T) {
 }
 
 func TestReachRoundTrip(t *testing.T) {
-	for _, ids := range [][]string{nil, {"s1"}, {"s1", "s-2", "a.b_c"}} {
-		line := AppendReach(nil, ids)
+	for _, rs := range [][]Reach{nil, {{"s1", 1}}, {{"s1", 0xabc}, {"s-2", 2}, {"a.b_c", 0xffffffffffffffff}}} {
+		line := AppendReach(nil, rs)
 		got, err := ParseReach(line[:len(line)-1])
-		if err != nil || len(got) != len(ids) {
+		if err != nil || len(got) != len(rs) {
 			t.Fatalf("ParseReach(%q) = %v, %v", line, got, err)
 		}
-		for i := range ids {
-			if got[i] != ids[i] {
+		for i := range rs {
+			if got[i] != rs[i] {
 				t.Fatalf("ParseReach(%q) = %v", line, got)
 			}
 		}
 	}
-	for _, bad := range []string{"", "X s1", "Rs1", "R s 1 bad!"} {
+	for _, bad := range []string{"", "X s1:1", "Rs1:1", "R s1", "R s1:", "R s 1:1 bad!:1", "R s1:xyz"} {
 		if _, err := ParseReach([]byte(bad)); err == nil {
 			t.Errorf("ParseReach(%q) accepted", bad)
 		}
+	}
+}
+
+func TestStoredLines(t *testing.T) {
+	d := AppendDelivery(nil, "a", "b", "hi", 5)
+	got := string(AppendStoredDelivery(nil, d[:len(d)-1]))
+	if got != `{"cmd":"chat","send":"a","recv":"b","content":"hi","ts":5,"stored":true}`+"\n" {
+		t.Fatalf("stored delivery %q", got)
+	}
+	if got := string(AppendAckStored(nil, []byte(`"x"`))); got != `{"cmd":"ack","id":"x","stored":true}`+"\n" {
+		t.Fatalf("stored ack %q", got)
 	}
 }

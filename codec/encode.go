@@ -39,6 +39,25 @@ func AppendAck(dst, id []byte) []byte {
 	return append(dst, "}\n"...)
 }
 
+// AppendAckStored appends {"cmd":"ack","id":<id>,"stored":true}: the chat
+// was stored in the offline recipient's mailbox.
+func AppendAckStored(dst, id []byte) []byte {
+	dst = append(dst, `{"cmd":"ack","id":`...)
+	dst = append(dst, id...)
+	return append(dst, `,"stored":true}`+"\n"...)
+}
+
+// AppendStoredDelivery appends a stored chat's delivery: line (a delivery
+// object as AppendDelivery writes it, without the newline) with
+// "stored":true added.
+func AppendStoredDelivery(dst, line []byte) []byte {
+	if n := len(line); n > 0 && line[n-1] == '}' {
+		line = line[:n-1]
+	}
+	dst = append(dst, line...)
+	return append(dst, `,"stored":true}`+"\n"...)
+}
+
 // AppendError appends {"cmd":"error","error":<reason>}, with "id" when id is
 // non-nil.
 func AppendError(dst []byte, reason string, id []byte) []byte {

@@ -85,24 +85,42 @@ func FuzzNextLine(f *testing.F) {
 	})
 }
 
-// FuzzParseFrame: never panics; what parses re-encodes to the same line.
+// FuzzParseFrame: never panics; what parses re-encodes to a line that
+// parses to the same frame, and FrameRoute agrees with ParseFrame.
 func FuzzParseFrame(f *testing.F) {
-	f.Add([]byte(`M B A 0 alice bob 2:42 {"cmd":"chat"}`))
-	f.Add([]byte(`K B A 0 - bob 0: tok`))
+	f.Add([]byte(`M B 1a A ff 1 0 5:alice 3:bob 2:42 {"cmd":"chat"}`))
+	f.Add([]byte(`K B 1 A 2 3 0 0: 1:- 0: tok A tok2`))
+	f.Add([]byte(`A B 1 A 2 3`))
 	f.Fuzz(func(t *testing.T, line []byte) {
 		var fr Frame
 		if ParseFrame(line, &fr) != nil {
 			return
 		}
+		kind, dst, src, err := FrameRoute(line)
+		if err != nil || kind != fr.Kind || !bytes.Equal(dst, fr.Dst) || !bytes.Equal(src, fr.Src) {
+			t.Fatalf("FrameRoute(%q) = %c %q %q %v, ParseFrame says %+v", line, kind, dst, src, err, fr)
+		}
 		if bytes.IndexByte(line, '\n') >= 0 {
 			return
 		}
-		out := AppendFrame(nil, fr.Kind, string(fr.Dst), string(fr.Src), fr.Hops, string(fr.Send), string(fr.Recv), fr.ID, fr.Payload)
+		var out []byte
+		switch fr.Kind {
+		case KindAck:
+			out = AppendAckFrame(nil, string(fr.Dst), fr.DstEpoch, string(fr.Src), fr.Stream, fr.Seq)
+		case KindSkip:
+			out = AppendSkipFrame(nil, string(fr.Dst), fr.DstEpoch, string(fr.Src), fr.Stream, fr.Seq)
+		case KindNak:
+			out = appendShort(nil, KindNak, string(fr.Dst), fr.DstEpoch, string(fr.Src), fr.Stream, fr.Seq)
+		default:
+			out = AppendFrame(nil, &fr)
+		}
 		var again Frame
 		if err := ParseFrame(out[:len(out)-1], &again); err != nil {
 			t.Fatalf("re-encoded %q does not parse: %v", out, err)
 		}
-		if !bytes.Equal(again.Payload, fr.Payload) || !bytes.Equal(again.ID, fr.ID) || again.Hops != fr.Hops {
+		if !bytes.Equal(again.Payload, fr.Payload) || !bytes.Equal(again.ID, fr.ID) || !bytes.Equal(again.Send, fr.Send) ||
+			!bytes.Equal(again.Recv, fr.Recv) || again.Hops != fr.Hops || again.Seq != fr.Seq || again.Stream != fr.Stream ||
+			again.DstEpoch != fr.DstEpoch {
 			t.Fatalf("round trip %q -> %q", line, out)
 		}
 	})

@@ -346,6 +346,28 @@ func expectAck(t *testing.T, c *testenv.Client, id any) {
 	}
 }
 
+// expectStoredAck checks that the next line is
+// {"cmd":"ack","id":id,"stored":true}: the chat went to the recipient's
+// mailbox.
+func expectStoredAck(t *testing.T, c *testenv.Client, id any) {
+	t.Helper()
+	m := next(t, c)
+	if m["cmd"] != "ack" || !sameJSON(m["id"], id) || m["stored"] != true {
+		t.Fatalf("got %v, want a stored ack with id %v", m, id)
+	}
+}
+
+// expectStoredDelivery checks that the next line is a stored chat.
+func expectStoredDelivery(t *testing.T, c *testenv.Client, send, recv, content string) map[string]any {
+	t.Helper()
+	m := next(t, c)
+	checkDelivery(t, m, send, recv, content)
+	if m["stored"] != true {
+		t.Fatalf("delivery %v is not marked stored", m)
+	}
+	return m
+}
+
 // expectPong sends a ping and checks that the next line is the pong: the
 // connection is open and nothing else was queued before it.
 func expectPong(t *testing.T, c *testenv.Client) {

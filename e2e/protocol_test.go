@@ -201,7 +201,7 @@ func TestProtocol(t *testing.T) {
 			t.Fatalf("got %v, want a successful login", m)
 		}
 		c.Send(t, chatReq(t, "", cl.name("nobody"), "hello?", 9))
-		expectError(t, c, "recipient not online", 9)
+		expectStoredAck(t, c, 9) // the offline mailbox keeps it
 		c.Send(t, `{"cmd":"chat","content":"y","id":"nr"}`)
 		expectError(t, c, "missing recv", "nr")
 		c.Send(t, `{"cmd":"chat","recv":"x","id":10}`)
@@ -262,15 +262,18 @@ func TestProtocol(t *testing.T) {
 		b.ExpectNothing(t, quiet)
 	})
 
-	t.Run("UnknownRecipient", func(t *testing.T) {
+	t.Run("OfflineRecipient", func(t *testing.T) {
 		an := cl.name("alice")
 		a := cl.login(t, 1, an)
 		nobody := cl.name("nobody")
 		a.Send(t, chatReq(t, an, nobody, "anyone?", nil))
-		expectError(t, a, "recipient not online", nil)
-		a.Send(t, chatReq(t, an, nobody, "anyone?", "u1"))
-		expectError(t, a, "recipient not online", "u1")
+		a.Send(t, chatReq(t, an, nobody, "anyone? 2", "u1"))
+		expectStoredAck(t, a, "u1") // nothing for the chat without an id
 		expectPong(t, a)
+		// The recipient gets both, marked stored, on either server.
+		n := cl.login(t, 0, nobody)
+		expectStoredDelivery(t, n, an, nobody, "anyone?")
+		expectStoredDelivery(t, n, an, nobody, "anyone? 2")
 	})
 
 	t.Run("MissingFields", func(t *testing.T) {
@@ -392,15 +395,16 @@ func TestProtocol(t *testing.T) {
 			t.Fatalf("got %v, want {\"cmd\":\"logout\",\"ok\":true}", m)
 		}
 		a.Send(t, chatReq(t, an, bn, "gone?", "lo"))
-		expectError(t, a, "recipient not online", "lo")
+		expectStoredAck(t, a, "lo")
 		// The session stays open but gets nothing.
 		expectPong(t, b)
 		// Chatting needs a login again.
 		b.Send(t, chatReq(t, "", an, "x", nil))
 		expectError(t, b, "not logged in", nil)
-		// Logging in again makes it routable again.
+		// Logging in again makes it routable again, after the mailbox.
 		b.Send(t, `{"cmd":"login","name":"`+bn+`"}`)
 		expectLogin(t, b, bn, "s1")
+		expectStoredDelivery(t, b, an, bn, "gone?")
 		a.Send(t, chatReq(t, an, bn, "back", nil))
 		expectDelivery(t, b, an, bn, "back")
 	})
@@ -417,7 +421,7 @@ func TestProtocol(t *testing.T) {
 		cl.waitRoute(t, bn, "")
 		a := cl.login(t, 1, an)
 		a.Send(t, chatReq(t, an, bn, "gone?", "lo"))
-		expectError(t, a, "recipient not online", "lo")
+		expectStoredAck(t, a, "lo")
 		expectPong(t, b)
 	})
 

@@ -8,12 +8,7 @@ import (
 
 	"github.com/relaychat/relaychat/codec"
 	"github.com/relaychat/relaychat/internal/batch"
-)
-
-// Errors the proxy bounces to a chat's sender.
-const (
-	errUnreachable = "recipient's server unreachable"
-	errCongested   = "recipient's server congested, try again"
+	"github.com/relaychat/relaychat/internal/peer"
 )
 
 // handler is the gnet event handler of every link.
@@ -30,18 +25,28 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	}
 	c.C = gc
 	c.Loop = h.loops.Get(gc.EventLoop())
-	batch.NewCoalescer(&c.Endpoint) // links on other loops relay into this one
-	c.MaxOut = h.p.opt.MaxLinkOutbound
-	c.OnSlow = func() {
-		// Relaying already bounces frames past the cap; this only reports it.
-		h.p.log.Warn("link backlog over its cap; bouncing chats for it", "server", c.l.id, "cap", h.p.opt.MaxLinkOutbound)
+	c.Hooks = lostCounter{c: c, p: h.p}
+	hs, first, err := peer.NewDialer([]byte(h.p.opt.Secret), peer.Identity{Role: peer.RoleProxy, ID: h.p.opt.ID})
+	if err != nil {
+		h.p.log.Error("cannot start a link hello", "err", err)
+		return nil, gnet.Close
 	}
-	id := c.l.id
-	c.OnLost = func(n int) {
-		h.p.stats.LostBytes.Add(int64(n))
-		h.p.log.Warn("link closed with relayed frames not yet written", "server", id, "bytes", n)
-	}
-	return codec.AppendHello(nil, "proxy", h.p.opt.ID, h.p.opt.Secret), gnet.None
+	c.hs = hs
+	return first, gnet.None
+}
+
+// lostCounter counts relayed bytes whose link closed before they were
+// written: the senders' streams resend them.
+type lostCounter struct {
+	c *conn
+	p *Proxy
+}
+
+func (lostCounter) Written([]byte, []batch.Mark) {}
+
+func (lc lostCounter) Lost(buf []byte, _ []batch.Mark) {
+	lc.p.stats.LostBytes.Add(int64(len(buf)))
+	lc.p.log.Debug("link closed with relayed frames not yet written; their senders resend them", "server", lc.c.l.id, "bytes", len(buf))
 }
 
 func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
@@ -50,11 +55,14 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 		return gnet.None
 	}
 	c.MarkClosed()
+	up := c.up.Load()
 	if c.l.conn.CompareAndSwap(c, nil) {
 		h.p.stats.LinkDowns.Add(1)
+		h.p.stats.LinksUp.Add(-1)
 		h.p.log.Warn("link down", "server", c.l.id, "addr", *c.l.addr.Load(), "err", err)
 		h.p.broadcastReach()
 	}
+	c.ended <- up
 	close(c.closed)
 	return gnet.None
 }
@@ -74,12 +82,18 @@ func (p *Proxy) relay(c *conn) gnet.Action {
 	buf, _ := c.C.Peek(-1)
 	consumed := 0
 	links := *p.byID.Load()
+	act := gnet.None
 	for consumed < len(buf) {
-		line, n, err := codec.NextLine(buf[consumed:], codec.MaxFrameLine)
+		max := codec.MaxFrameLine
+		if !c.up.Load() {
+			max = 1024
+		}
+		line, n, err := codec.NextLine(buf[consumed:], max)
 		if err != nil {
 			p.stats.BadFrames.Add(1)
-			p.log.Error("closing link: frame too long", "server", c.l.id)
-			return gnet.Close
+			p.log.Error("closing link: line too long", "server", c.l.id)
+			act = gnet.Close
+			break
 		}
 		if n == 0 {
 			break
@@ -91,7 +105,8 @@ func (p *Proxy) relay(c *conn) gnet.Action {
 		}
 		if !c.up.Load() {
 			if !p.hello(c, line) {
-				return gnet.Close
+				act = gnet.Close
+				break
 			}
 			continue
 		}
@@ -101,11 +116,22 @@ func (p *Proxy) relay(c *conn) gnet.Action {
 			continue
 		case codec.KindPong:
 			continue
+		case codec.KindGoodbye:
+			c.goodbye.Store(true)
+			p.log.Info("server is stopping", "server", c.l.id)
+			p.broadcastReach()
+			continue
 		}
-		kind, dst, err := codec.FrameDst(line)
+		kind, dst, src, err := codec.FrameRoute(line)
 		if err != nil {
 			p.stats.BadFrames.Add(1)
-			p.log.Warn("dropping malformed frame", "server", c.l.id, "line", truncate(line, 120))
+			p.log.Warn("dropping malformed line", "server", c.l.id, "kind", string(line[0]))
+			continue
+		}
+		if string(src) != c.l.id {
+			// A server speaks only for itself.
+			p.stats.DropForeign.Add(1)
+			p.log.Warn("dropping frame sent in another server's name", "server", c.l.id, "src", string(src))
 			continue
 		}
 		var target *conn
@@ -114,92 +140,102 @@ func (p *Proxy) relay(c *conn) gnet.Action {
 		}
 		switch {
 		case target == nil || target.Closed():
-			p.undeliverable(c, kind, dst, line, errUnreachable)
+			p.stats.DropUnreachable.Add(1)
+			p.dropLog(kind, dst, "no link")
+			p.nak(c, kind, line)
 		case target.Pending() > int64(p.opt.MaxLinkOutbound):
-			p.undeliverable(c, kind, dst, line, errCongested)
+			p.stats.DropCongested.Add(1)
+			p.dropLog(kind, dst, "link backed up")
 		default:
 			c.Loop.Append(&target.Endpoint, frame)
 			p.stats.Relayed.Add(1)
 		}
 	}
 	batch.Consume(c.C, consumed)
-	return gnet.None
+	return act
 }
 
-// hello checks a server's answer to our hello and publishes the link.
+// nak tells the sender of a data frame that it was not relayed, so that
+// the sender knows the frame did not arrive this way.
+func (p *Proxy) nak(from *conn, kind byte, line []byte) {
+	if kind == codec.KindAck || kind == codec.KindSkip || kind == codec.KindNak {
+		return
+	}
+	var f codec.Frame
+	if codec.ParseFrame(line, &f) != nil {
+		return
+	}
+	from.Loop.Append(&from.Endpoint, codec.AppendNakFrame(nil, string(f.Src), string(f.Dst), f.Stream, f.Seq))
+}
+
+// dropLog logs a dropped frame, at most about once a second per proxy.
+func (p *Proxy) dropLog(kind byte, dst []byte, why string) {
+	now := time.Now().Unix()
+	if last := p.lastDropLog.Load(); last == now || !p.lastDropLog.CompareAndSwap(last, now) {
+		return
+	}
+	p.log.Warn("dropping frames its sender will resend", "kind", string(kind), "server", string(dst), "why", why,
+		"unreachable_total", p.stats.DropUnreachable.Load(), "congested_total", p.stats.DropCongested.Load())
+}
+
+// hello feeds one line to the handshake and publishes the link once the
+// server has proved it knows the secret.
 func (p *Proxy) hello(c *conn, line []byte) bool {
-	role, id, _, err := codec.ParseHello(line)
-	if err != nil || role != "server" {
-		p.stats.BadFrames.Add(1)
-		p.log.Error("closing link: bad hello answer", "server", c.l.id, "line", truncate(line, 80))
+	out, done, err := c.hs.Feed(line)
+	if err != nil {
+		p.stats.LinkAuthFailures.Add(1)
+		p.log.Error("closing link: hello failed", "server", c.l.id, "err", err)
 		return false
 	}
-	if id != c.l.id {
-		p.log.Error("closing link: the server at this address has another id", "want", c.l.id, "got", id, "addr", *c.l.addr.Load())
+	if !done {
+		return true
+	}
+	r := c.hs.Remote()
+	if r.Role != peer.RoleServer || r.ID != c.l.id {
+		p.log.Error("closing link: the server at this address has another id", "want", c.l.id, "got", r.ID, "addr", *c.l.addr.Load())
 		return false
 	}
+	c.Loop.Append(&c.Endpoint, out) // our proof, before anything else
+	c.epoch = r.Epoch
+	c.MaxOut = p.opt.MaxLinkOutbound
 	c.up.Store(true)
-	c.l.conn.Store(c)
+	if old := c.l.conn.Swap(c); old == nil {
+		p.stats.LinksUp.Add(1)
+	}
 	p.stats.LinkUps.Add(1)
-	p.log.Info("link up", "server", id, "addr", *c.l.addr.Load())
+	// The reach set goes out with the proof, so the server knows where
+	// this link leads as soon as it trusts it.
+	c.Loop.Append(&c.Endpoint, p.reachLine())
+	p.log.Info("link up", "server", r.ID, "addr", *c.l.addr.Load())
 	p.broadcastReach()
 	p.checkReady()
 	return true
 }
 
 // broadcastReach tells every linked server which servers this proxy links
-// to now, so that each forwards chats only for reachable servers and holds
-// the rest. Broadcasts are serialised and each link's AsyncWrites run in
-// order, so every server's last reach line is the current set.
+// to now, and which run of each, so that each server sends a stream
+// through this proxy only if it reaches the stream's destination.
+// Broadcasts are serialised, and each link's posts run in order, so every
+// server's last reach line is the current set.
 func (p *Proxy) broadcastReach() {
 	p.reachMu.Lock()
 	defer p.reachMu.Unlock()
-	var ids []string
-	var up []*conn
-	for id, l := range *p.byID.Load() {
+	line := p.reachLine()
+	for _, l := range *p.byID.Load() {
 		if c := l.conn.Load(); c != nil {
-			ids = append(ids, id)
-			up = append(up, c)
+			batch.Send(&c.Endpoint, append([]byte(nil), line...), nil)
 		}
-	}
-	sort.Strings(ids)
-	line := codec.AppendReach(nil, ids)
-	for _, c := range up {
-		_ = c.C.AsyncWrite(line, nil)
 	}
 }
 
-// undeliverable deals with a frame whose destination cannot take it now: a
-// chat goes back to its sender as an error; a kick or an error frame has
-// no one to tell, so it is counted and logged.
-func (p *Proxy) undeliverable(from *conn, kind byte, dst, line []byte, reason string) {
-	if kind != codec.KindMsg {
-		if kind == codec.KindKick {
-			p.stats.DroppedKicks.Add(1)
-		} else {
-			p.stats.DroppedOther.Add(1)
+// reachLine is the reach line for the links up now.
+func (p *Proxy) reachLine() []byte {
+	var rs []codec.Reach
+	for id, l := range *p.byID.Load() {
+		if c := l.conn.Load(); c != nil && !c.goodbye.Load() && !p.stopping.Load() {
+			rs = append(rs, codec.Reach{ID: id, Epoch: c.epoch})
 		}
-		p.log.Warn("dropping frame for unreachable server", "kind", string(kind), "server", string(dst), "reason", reason)
-		return
 	}
-	var f codec.Frame
-	if err := codec.ParseFrame(line, &f); err != nil {
-		p.stats.BadFrames.Add(1)
-		p.log.Warn("dropping malformed frame", "server", from.l.id, "line", truncate(line, 120))
-		return
-	}
-	p.stats.Bounced.Add(1)
-	l := from.Loop
-	payload := codec.AppendError(l.Scratch[:0], reason, f.ID)
-	payload = payload[:len(payload)-1]
-	out := l.Out(&from.Endpoint)
-	*out = codec.AppendFrame(*out, codec.KindError, string(f.Src), p.opt.ID, f.Hops, "", string(f.Send), f.ID, payload)
-	l.Scratch = payload[:0]
-}
-
-func truncate(b []byte, n int) string {
-	if len(b) > n {
-		return string(b[:n]) + "..."
-	}
-	return string(b)
+	sort.Slice(rs, func(i, j int) bool { return rs[i].ID < rs[j].ID })
+	return codec.AppendReach(nil, rs)
 }

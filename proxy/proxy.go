@@ -1,6 +1,10 @@
-// Package proxy is the forwarding tier: it keeps a long-lived link to the
-// peer port of every message server and relays each chat frame to the
-// server its destination field names, without decoding the chat itself.
+// Package proxy is the forwarding tier: it keeps an authenticated link to
+// the peer port of every message server and relays each stream frame to
+// the server its destination field names, without decoding the chat. It
+// holds nothing: a frame it cannot relay now (no link to its destination,
+// or that link backed up) is dropped and counted, and the sending server's
+// stream resends it, over this proxy or another path, until the
+// destination acknowledges it.
 package proxy
 
 import (
@@ -19,12 +23,16 @@ import (
 	"github.com/relaychat/relaychat/codec"
 	"github.com/relaychat/relaychat/internal/batch"
 	"github.com/relaychat/relaychat/internal/gnetlog"
+	"github.com/relaychat/relaychat/internal/peer"
 )
 
 // Options configures a Proxy. The zero value of each field is documented.
 type Options struct {
 	// ID names the proxy in its hellos and logs; "" means "proxy1".
 	ID string
+	// Secret is the cluster's link secret; required (cmd reads it from the
+	// routing store unless -peer-secret gives it).
+	Secret string
 	// Servers is the static list of message servers, id -> peer address.
 	// It may be empty when Discover is set.
 	Servers map[string]string
@@ -39,9 +47,6 @@ type Options struct {
 	Multicore bool
 	// Loops, when > 0, sets the number of event loops.
 	Loops int
-	// Secret is presented in every hello (servers started with
-	// -peer-secret require it); "" means none.
-	Secret string
 	// PingInterval is how often each link is pinged; 0 means 1s.
 	PingInterval time.Duration
 	// LinkTimeout closes a link that answered nothing for this long, or did
@@ -53,9 +58,12 @@ type Options struct {
 	// reconnection attempts; 0 means 50ms and 5s.
 	BackoffMin, BackoffMax time.Duration
 	// MaxLinkOutbound caps the bytes waiting to be written to one server;
-	// past it, frames for that server are bounced to their sender instead
-	// of growing memory. 0 means 64 MiB.
+	// frames for it are dropped past it (their senders resend). 0 means
+	// 64 MiB.
 	MaxLinkOutbound int
+	// DrainTimeout bounds how long Shutdown waits for relayed frames to
+	// reach the kernel; 0 means 2s.
+	DrainTimeout time.Duration
 	// Logger receives the proxy's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -66,6 +74,9 @@ func (o *Options) setDefaults() error {
 	}
 	if !codec.ValidServerID(o.ID) {
 		return fmt.Errorf("proxy: invalid id %q", o.ID)
+	}
+	if o.Secret == "" {
+		return errors.New("proxy: no link secret")
 	}
 	if len(o.Servers) == 0 && o.Discover == nil {
 		return errors.New("proxy: no servers: give a static list or a discovery source")
@@ -92,6 +103,7 @@ func (o *Options) setDefaults() error {
 	def(&o.DialTimeout, 2*time.Second)
 	def(&o.BackoffMin, 50*time.Millisecond)
 	def(&o.BackoffMax, 5*time.Second)
+	def(&o.DrainTimeout, 2*time.Second)
 	if o.BackoffMax < o.BackoffMin {
 		return fmt.Errorf("proxy: backoff max %v below min %v", o.BackoffMax, o.BackoffMin)
 	}
@@ -106,22 +118,27 @@ func (o *Options) setDefaults() error {
 
 // Stats are the proxy's counters. Every frame not relayed is counted.
 type Stats struct {
-	Relayed      atomic.Int64 // frames handed to their destination server
-	Bounced      atomic.Int64 // chats returned to their sender as errors
-	DroppedKicks atomic.Int64 // kick frames for an unreachable server
-	DroppedOther atomic.Int64 // error frames for an unreachable server
-	BadFrames    atomic.Int64 // lines that did not parse
-	LostBytes    atomic.Int64 // relayed bytes whose destination link closed before they were written
-	LinkUps      atomic.Int64
-	LinkDowns    atomic.Int64
+	Relayed           atomic.Int64 // frames handed to their destination server
+	DropUnreachable   atomic.Int64 // frames for a server this proxy has no link to (resent by their sender)
+	DropCongested     atomic.Int64 // frames for a server whose link was over MaxLinkOutbound (resent)
+	DropForeign       atomic.Int64 // frames a server sent in another server's name
+	BadFrames         atomic.Int64 // lines that did not parse
+	LostBytes         atomic.Int64 // relayed bytes whose destination link closed before they were written (resent)
+	LinkUps           atomic.Int64
+	LinkDowns         atomic.Int64
+	LinkAuthFailures  atomic.Int64 // servers whose hello proof did not match the secret
+	LinksUp           atomic.Int64 // gauge
+	ServersKnown      atomic.Int64 // gauge
+	ShutdownDrainLeft atomic.Int64 // bytes still unwritten when Shutdown stopped waiting
 }
 
 // Snapshot returns the counters by name.
 func (s *Stats) Snapshot() map[string]int64 {
 	return map[string]int64{
-		"relayed": s.Relayed.Load(), "bounced": s.Bounced.Load(),
-		"dropped_kicks": s.DroppedKicks.Load(), "dropped_other": s.DroppedOther.Load(),
-		"bad_frames": s.BadFrames.Load(), "lost_bytes": s.LostBytes.Load(), "link_ups": s.LinkUps.Load(), "link_downs": s.LinkDowns.Load(),
+		"relayed": s.Relayed.Load(), "drop_unreachable": s.DropUnreachable.Load(), "drop_congested": s.DropCongested.Load(),
+		"drop_foreign": s.DropForeign.Load(), "bad_frames": s.BadFrames.Load(), "lost_bytes": s.LostBytes.Load(),
+		"link_ups": s.LinkUps.Load(), "link_downs": s.LinkDowns.Load(), "link_auth_failures": s.LinkAuthFailures.Load(),
+		"links_up": s.LinksUp.Load(), "shutdown_drain_left": s.ShutdownDrainLeft.Load(),
 	}
 }
 
@@ -138,10 +155,12 @@ type Proxy struct {
 	links map[string]*link // guarded by mu; byID is its read-only copy
 	byID  atomic.Pointer[map[string]*link]
 
-	reachMu sync.Mutex // serialises broadcastReach
+	reachMu     sync.Mutex // serialises broadcastReach
+	lastDropLog atomic.Int64
 
 	ready     chan struct{}
 	readyOnce sync.Once
+	stopping  atomic.Bool
 	stop      chan struct{}
 	bg        sync.WaitGroup
 	shutOnce  sync.Once
@@ -152,7 +171,7 @@ type Proxy struct {
 type link struct {
 	id   string
 	addr atomic.Pointer[string]
-	// conn is the established connection (hello answered), nil while down.
+	// conn is the established connection (hello done), nil while down.
 	conn atomic.Pointer[conn]
 	// removed stops the dial loop (the server left discovery).
 	removed chan struct{}
@@ -163,8 +182,12 @@ type link struct {
 type conn struct {
 	batch.Endpoint
 	l        *link
+	hs       *peer.Handshake
+	epoch    uint64 // the server's run, from its hello
 	up       atomic.Bool
+	goodbye  atomic.Bool   // the server said it is stopping
 	lastSeen atomic.Int64  // unix nanoseconds of the last bytes received
+	ended    chan bool     // yields whether it came up, at OnClose
 	closed   chan struct{} // closed by OnClose
 }
 
@@ -189,6 +212,38 @@ func (p *Proxy) Stats() *Stats { return &p.stats }
 
 // Ready is closed once every server known at the time has been linked.
 func (p *Proxy) Ready() <-chan struct{} { return p.ready }
+
+// IsReady reports whether the proxy links to every server it knows of,
+// and why not. Cheap.
+func (p *Proxy) IsReady() (bool, string) {
+	if p.stopping.Load() {
+		return false, "shutting down"
+	}
+	m := *p.byID.Load()
+	if len(m) == 0 {
+		return false, "no servers known yet"
+	}
+	var down []string
+	for id, l := range m {
+		if l.conn.Load() == nil {
+			down = append(down, id)
+		}
+	}
+	if len(down) > 0 {
+		sort.Strings(down)
+		return false, fmt.Sprintf("no link to %v", down)
+	}
+	return true, ""
+}
+
+// LinkStates returns, per known server, whether its link is up.
+func (p *Proxy) LinkStates() map[string]bool {
+	out := map[string]bool{}
+	for id, l := range *p.byID.Load() {
+		out[id] = l.conn.Load() != nil
+	}
+	return out
+}
 
 // Start starts the event loops and a dial loop per server. It does not wait
 // for the links; see Ready.
@@ -230,6 +285,7 @@ func (p *Proxy) addLocked(id, addr string) {
 	l := &link{id: id, removed: make(chan struct{})}
 	l.addr.Store(&addr)
 	p.links[id] = l
+	p.stats.ServersKnown.Store(int64(len(p.links)))
 	p.bg.Add(1)
 	go p.dialLoop(l)
 }
@@ -245,76 +301,55 @@ func (p *Proxy) publish() {
 	p.byID.Store(&m)
 }
 
-// dialLoop keeps l connected until the proxy stops or l is removed. It
-// dials with a timeout off the loops, hands the socket to gnet, waits for
-// that connection to end, and redials with capped exponential backoff.
+// dialLoop keeps l connected until the proxy stops or l is removed.
 func (p *Proxy) dialLoop(l *link) {
 	defer p.bg.Done()
-	backoff := p.opt.BackoffMin
-	failures := 0
-	for {
-		addr := *l.addr.Load()
-		nc, err := net.DialTimeout("tcp", addr, p.opt.DialTimeout)
-		if err == nil {
-			c := &conn{l: l, closed: make(chan struct{})}
-			c.lastSeen.Store(time.Now().UnixNano())
-			if _, err = p.cli.EnrollContext(nc, c); err == nil {
-				if failures > 0 {
-					p.log.Info("link reconnected, waiting for hello", "server", l.id, "addr", addr, "failed_attempts", failures)
-				}
-				failures = 0
-				wasUp := p.watch(l, c)
-				if wasUp {
-					backoff = p.opt.BackoffMin
-				}
-				select {
-				case <-p.stop:
-					return
-				case <-l.removed:
-					return
-				default:
-				}
-				continue
-			}
-		}
-		failures++
-		if failures == 1 || failures%20 == 0 {
-			p.log.Warn("link dial failed; retrying with backoff", "server", l.id, "addr", addr, "attempt", failures, "backoff", backoff, "err", err)
-		}
+	stop := make(chan struct{})
+	go func() {
 		select {
 		case <-p.stop:
-			return
 		case <-l.removed:
-			return
-		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, p.opt.BackoffMax)
-	}
+		close(stop)
+	}()
+	peer.Redial(stop, func() string { return *l.addr.Load() },
+		peer.DialOptions{Timeout: p.opt.DialTimeout, BackoffMin: p.opt.BackoffMin, BackoffMax: p.opt.BackoffMax},
+		func(nc net.Conn) (<-chan bool, error) {
+			c := &conn{l: l, ended: make(chan bool, 1), closed: make(chan struct{})}
+			c.lastSeen.Store(time.Now().UnixNano())
+			if _, err := p.cli.EnrollContext(nc, c); err != nil {
+				return nil, err
+			}
+			p.bg.Add(1)
+			go p.watchHello(c, stop)
+			return c.ended, nil
+		},
+		func(attempt int, addr string, err error) {
+			if attempt == 1 || attempt%20 == 0 {
+				p.log.Warn("link dial failed; retrying with backoff", "server", l.id, "addr", addr, "attempt", attempt, "err", err)
+			}
+		})
 }
 
-// watch waits until c closes, closing it itself if its hello is not
-// answered within LinkTimeout or the proxy stops. It reports whether the
-// link came up.
-func (p *Proxy) watch(l *link, c *conn) bool {
+// watchHello closes c if its hello does not finish within LinkTimeout, and
+// closes it when the proxy stops or the server is removed.
+func (p *Proxy) watchHello(c *conn, stop <-chan struct{}) {
+	defer p.bg.Done()
 	hello := time.NewTimer(p.opt.LinkTimeout)
 	defer hello.Stop()
 	for {
 		select {
 		case <-c.closed:
-			return c.up.Load()
+			return
 		case <-hello.C:
 			if !c.up.Load() {
-				p.log.Warn("link hello not answered in time; closing", "server", l.id, "timeout", p.opt.LinkTimeout)
+				p.log.Warn("link hello not finished in time; closing", "server", c.l.id, "timeout", p.opt.LinkTimeout)
 				_ = c.C.Close()
 			}
-		case <-p.stop:
+		case <-stop:
 			_ = c.C.Close()
 			<-c.closed
-			return c.up.Load()
-		case <-l.removed:
-			_ = c.C.Close()
-			<-c.closed
-			return c.up.Load()
+			return
 		}
 	}
 }
@@ -324,7 +359,6 @@ func (p *Proxy) pinger() {
 	defer p.bg.Done()
 	t := time.NewTicker(p.opt.PingInterval)
 	defer t.Stop()
-	ping := []byte{codec.KindPing, '\n'}
 	for {
 		select {
 		case <-p.stop:
@@ -340,7 +374,7 @@ func (p *Proxy) pinger() {
 					_ = c.C.Close()
 					continue
 				}
-				_ = c.C.AsyncWrite(ping, nil)
+				batch.Send(&c.Endpoint, []byte{codec.KindPing, '\n'}, nil)
 			}
 		}
 	}
@@ -412,6 +446,7 @@ func (p *Proxy) applyDiscovery(m map[string]string) {
 			changed = true
 		}
 	}
+	p.stats.ServersKnown.Store(int64(len(p.links)))
 	p.mu.Unlock()
 	if changed {
 		p.publish()
@@ -440,11 +475,31 @@ func (p *Proxy) checkReady() {
 	})
 }
 
-// Shutdown stops dialing, closes every link and stops the event loops,
-// bounded by ctx.
+// Shutdown drains and stops the proxy, bounded by ctx: it tells every
+// server it is stopping (they move their streams to other paths), waits up
+// to DrainTimeout for what it already relayed to reach the kernel, then
+// closes its links and stops. Whatever it held that did not go out is
+// resent by the servers' streams.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	var err error
 	p.shutOnce.Do(func() {
+		p.stopping.Store(true)
+		var conns []*conn
+		for _, l := range *p.byID.Load() {
+			if c := l.conn.Load(); c != nil {
+				conns = append(conns, c)
+				batch.Send(&c.Endpoint, []byte{codec.KindGoodbye, '\n'}, nil)
+			}
+		}
+		dctx, cancel := context.WithTimeout(ctx, p.opt.DrainTimeout)
+		for dctx.Err() == nil && pendingBytes(conns) > 0 {
+			time.Sleep(5 * time.Millisecond) // poll: gnet reports no drain event
+		}
+		cancel()
+		if left := pendingBytes(conns); left > 0 {
+			p.stats.ShutdownDrainLeft.Add(left)
+			p.log.Warn("stopping with relayed bytes not yet written; their senders resend them", "bytes", left)
+		}
 		close(p.stop)
 		done := make(chan struct{})
 		go func() { p.bg.Wait(); close(done) }()
@@ -460,4 +515,28 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		}
 	})
 	return err
+}
+
+// pendingBytes sums the outbound backlog of conns, read on their loops.
+func pendingBytes(conns []*conn) int64 {
+	var n int64
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, c := range conns {
+		if c.Closed() {
+			continue
+		}
+		wg.Add(1)
+		c.Loop.Post(func() {
+			defer wg.Done()
+			if !c.Closed() {
+				c.CheckOutbound()
+				mu.Lock()
+				n += c.Pending()
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return n
 }

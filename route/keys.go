@@ -1,37 +1,91 @@
 package route
 
-import "strings"
+import (
+	"hash/fnv"
+	"strconv"
+	"strings"
+)
 
 // Redis key schema. This table is the only place the layout is declared;
 // everything else builds keys through the functions below.
 //
-//	key (default prefix)    type             value                  written by
-//	chat:route:<name>       string, no TTL   "<serverID> <token>"   Claim at login; removed by Release,
-//	                                                                ReleaseAll (shutdown), ClearServer (crash)
-//	chat:alive:<serverID>   string, PX ttl   "<peer address>"       Heartbeat, every second, TTL a few seconds
+//	key (default prefix)     type            value                              written by
+//	chat:route:{<name>}      string, no TTL  "<serverID> <token>"               Claim at login; removed by Release,
+//	                                                                            ReleaseAll (shutdown), ClearServer (crash)
+//	chat:mbox:{<name>}       list, PX ttl    "<ts ms> <delivery JSON>" each     StoreChat / Requeue; read and trimmed
+//	                                                                            by the recipient's drain at login
+//	chat:alive:<serverID>    string, PX ttl  "<epoch> <beat> <peer address>"    AcquireID, then Heartbeat every period
+//	chat:secret              string, no TTL  cluster link secret (hex)          ClusterSecret, SET NX once
 //
-// <name> and <serverID> are used verbatim (no escaping): a name may contain any
-// byte, but a server ID and a token may not contain whitespace, because the
-// route value separates them with one space (see Route.Encode).
+// {<name>} is a Redis Cluster hash tag: a user's route and mailbox hash to
+// the same slot, so one script can read the route and write the mailbox
+// atomically. A name that contains '{' or '}' would break the tag (a name
+// starting with '}' gives an empty tag), so such names are tagged with a
+// hash instead: chat:route:{#<16 hex digits>}<name>.
+//
 // The prefix ("chat:" by default, Options.Prefix) lets tests and several
-// deployments share one Redis.
+// deployments share one Redis. A prefix that itself contains a hash tag
+// pins every key to one slot (don't, on a cluster).
 const (
 	// DefaultPrefix is the key prefix used when Options.Prefix is empty.
 	DefaultPrefix = "chat:"
 
-	routeSegment = "route:"
-	aliveSegment = "alive:"
+	routeSegment  = "route:"
+	mboxSegment   = "mbox:"
+	aliveSegment  = "alive:"
+	secretSegment = "secret"
 )
 
-// RouteKey returns the key holding name's route: prefix + "route:" + name.
-func RouteKey(prefix, name string) string { return prefix + routeSegment + name }
+// userKey returns prefix+segment+ the hash-tagged name.
+func userKey(prefix, segment, name string) string {
+	if !strings.ContainsAny(name, "{}") {
+		return prefix + segment + "{" + name + "}"
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(name))
+	var b [16]byte
+	hex := strconv.AppendUint(b[:0], h.Sum64(), 16)
+	return prefix + segment + "{#" + strings.Repeat("0", 16-len(hex)) + string(hex) + "}" + name
+}
+
+// nameOfUserKey inverts userKey for keys under prefix+segment; ok is false
+// for any other key.
+func nameOfUserKey(prefix, segment, key string) (string, bool) {
+	rest, ok := strings.CutPrefix(key, prefix+segment)
+	if !ok || len(rest) < 2 || rest[0] != '{' {
+		return "", false
+	}
+	if rest[1] == '#' {
+		i := strings.IndexByte(rest, '}')
+		if i < 0 {
+			return "", false
+		}
+		return rest[i+1:], true
+	}
+	if rest[len(rest)-1] != '}' {
+		return "", false
+	}
+	return rest[1 : len(rest)-1], true
+}
+
+// RouteKey returns the key holding name's route.
+func RouteKey(prefix, name string) string { return userKey(prefix, routeSegment, name) }
+
+// MailboxKey returns the key holding name's offline mailbox.
+func MailboxKey(prefix, name string) string { return userKey(prefix, mboxSegment, name) }
 
 // AliveKey returns the heartbeat key of serverID: prefix + "alive:" + serverID.
 func AliveKey(prefix, serverID string) string { return prefix + aliveSegment + serverID }
 
+// SecretKey returns the key of the cluster's link secret.
+func SecretKey(prefix string) string { return prefix + secretSegment }
+
 // RoutePattern returns the SCAN MATCH pattern covering every route key under
 // prefix. Glob metacharacters in prefix are escaped.
 func RoutePattern(prefix string) string { return escapeGlob(prefix+routeSegment) + "*" }
+
+// MailboxPattern returns the SCAN MATCH pattern covering every mailbox key.
+func MailboxPattern(prefix string) string { return escapeGlob(prefix+mboxSegment) + "*" }
 
 // AlivePattern returns the SCAN MATCH pattern covering every heartbeat key
 // under prefix. Glob metacharacters in prefix are escaped.

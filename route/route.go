@@ -1,6 +1,9 @@
 // Package route is the Redis side of message routing: which server holds a
-// logged-in user, and which servers are alive. It is shared by the message
-// server and the proxy. The key schema is declared in keys.go.
+// logged-in user (this file), how far the in-process copy of those routes
+// can be trusted (cache.go), which servers are alive and who owns a server
+// id (liveness.go), offline users' mailboxes (mailbox.go) and the cluster's
+// link secret (secret.go). It is shared by the message server and the
+// proxy. The key schema is declared once, in keys.go.
 package route
 
 import (
@@ -102,6 +105,12 @@ type Options struct {
 	// DisableCache turns client-side caching off: CachedLookup always misses
 	// and Lookup and Alive always go to Redis. For tests and benchmarks only.
 	DisableCache bool
+	// KnownSize bounds the in-process route table CachedLookup reads, in
+	// entries; 0 means DefaultKnownSize. Only online users are kept.
+	KnownSize int
+	// CacheBytes is rueidis' client-side cache per connection; 0 means
+	// DefaultCacheBytes (8 MiB).
+	CacheBytes int
 }
 
 // Store reads and writes routes and heartbeats in Redis. Its methods are safe
@@ -113,16 +122,12 @@ type Store struct {
 	cacheTTL time.Duration
 	timeout  time.Duration
 	noCache  bool
-	// cancelled is an already-cancelled context: DoCache with it answers
-	// from the local cache or fails at once without sending anything.
-	cancelled context.Context
 	// state is a generation counter shifted left by one, with bit 0 set while
-	// the connection serving the cache is suspected down. See cacheDown.
+	// a connection serving the cache is suspected down. See cacheDown.
 	state atomic.Uint64
-	// last holds the last-known routes, served by CachedLookup while the
-	// connection is down; probing gates the one probe that looks for the
-	// connection coming back meanwhile.
-	last    *fallback
+	// known is the in-process route table (cache.go); probing gates the
+	// one probe that looks for Redis coming back during an outage.
+	known   *known
 	probing atomic.Bool
 }
 
@@ -140,6 +145,15 @@ func New(o Options) (*Store, error) {
 	if o.Timeout < 0 {
 		return nil, fmt.Errorf("route: negative Timeout %v", o.Timeout)
 	}
+	if o.KnownSize < 0 || o.CacheBytes < 0 {
+		return nil, fmt.Errorf("route: negative KnownSize or CacheBytes")
+	}
+	if o.KnownSize == 0 {
+		o.KnownSize = DefaultKnownSize
+	}
+	if o.CacheBytes == 0 {
+		o.CacheBytes = DefaultCacheBytes
+	}
 	addrs := o.Addrs
 	if len(addrs) == 0 {
 		addrs = []string{DefaultAddr}
@@ -154,7 +168,7 @@ func New(o Options) (*Store, error) {
 		cacheTTL: o.CacheTTL,
 		timeout:  o.Timeout,
 		noCache:  o.DisableCache,
-		last:     newFallback(fallbackSize),
+		known:    newKnown(o.KnownSize),
 	}
 	if s.prefix == "" {
 		s.prefix = DefaultPrefix
@@ -165,31 +179,14 @@ func New(o Options) (*Store, error) {
 	if s.timeout == 0 {
 		s.timeout = DefaultTimeout
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	s.cancelled = ctx
-
 	opt := rueidis.ClientOption{
 		InitAddress:  append([]string(nil), addrs...),
 		DisableCache: o.DisableCache,
 		// ForceSingleClient skips cluster detection for one address and, unlike
 		// the default, returns a usable client even when the first dial fails.
 		ForceSingleClient: len(addrs) == 1,
-		// Called on the connection's reader goroutine: keep it cheap.
-		// A nil slice means the whole cache of one connection was flushed,
-		// which happens when that connection drops (or on FLUSHALL).
-		OnInvalidations: func(keys []rueidis.RedisMessage) {
-			if keys == nil {
-				s.markDown()
-				return
-			}
-			routePrefix := s.prefix + routeSegment
-			for _, k := range keys {
-				if key, err := k.ToString(); err == nil {
-					s.last.invalidate(routePrefix, []string{key})
-				}
-			}
-		},
+		OnInvalidations:   s.onInvalidations,
+		CacheSizeEachConn: o.CacheBytes,
 	}
 	opt.Dialer.Timeout = s.timeout
 	client, err := rueidis.NewClient(opt)
@@ -209,39 +206,6 @@ func (s *Store) Close() { s.client.Close() }
 
 // Prefix returns the key prefix in use.
 func (s *Store) Prefix() string { return s.prefix }
-
-// markDown records that a connection dropped (its cache is gone) by bumping
-// the generation and setting the down bit.
-func (s *Store) markDown() {
-	for {
-		old := s.state.Load()
-		if s.state.CompareAndSwap(old, (old+2)|1) {
-			return
-		}
-	}
-}
-
-// markUp clears the down bit if no drop happened since before was read, i.e.
-// a reply received after before proves the connection is back.
-func (s *Store) markUp(before uint64) {
-	if before&1 != 0 && s.state.CompareAndSwap(before, before&^1) {
-		// Invalidations sent while the connection was down are lost: the
-		// last-known table can no longer be trusted to mirror Redis.
-		s.last.clear()
-	}
-}
-
-// Drops counts the Redis connections seen dropping since New (with
-// client-side caching on; 0 forever with DisableCache). A Redis restart
-// drops every connection, so a change tells a caller that Redis may have
-// lost its data since it last looked.
-func (s *Store) Drops() uint64 { return s.state.Load() >> 1 }
-
-// cacheDown reports whether the cache connection is suspected down. While it
-// is, CachedLookup does not call rueidis at all: the cache was flushed anyway,
-// and rueidis would make the caller wait for a reconnect another goroutine has
-// in progress (DoCache, even with a cancelled ctx, waits on that dial).
-func (s *Store) cacheDown() bool { return s.state.Load()&1 != 0 }
 
 // withTimeout applies s.timeout when ctx has no deadline.
 func (s *Store) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -265,101 +229,6 @@ func decodeGet(res rueidis.RedisResult) (Route, bool, error) {
 		return Route{}, false, err
 	}
 	return r, true, nil
-}
-
-// CachedLookup answers from the client-side cache only: it never blocks and
-// never touches the network, so it is the one method safe on an event loop.
-// (It is DoCache with an already-cancelled context: a hit is returned, a miss
-// fails at once without sending anything.)
-//
-// hit=false means "not in the cache, resolve with Lookup off the event loop";
-// r and ok are then zero. It is also false with DisableCache and for a
-// cached malformed value (so that Lookup reports the error). When hit is
-// true, ok reports whether the user has a route: a cached nil means offline.
-//
-// While the Redis connection is down (rueidis has then dropped its cache),
-// it answers from the last route each name resolved to through Lookup,
-// kept in a bounded table that Redis invalidations keep current, so chats
-// to known users keep flowing through an outage; names not in that table
-// miss. The first such answer also starts one background probe that ends
-// this mode when Redis answers again.
-//
-// No read-your-writes: after this Store's own Claim or Release the cache may
-// still show the old value for a moment, because Redis 7 sends the
-// invalidation after the reply to the write. Use FreshLookup after a write.
-// Another client's write is seen once its invalidation arrives (~2 ms on
-// loopback).
-func (s *Store) CachedLookup(name string) (r Route, ok bool, hit bool) {
-	if s.noCache {
-		return Route{}, false, false
-	}
-	if s.cacheDown() {
-		e, found := s.last.get(name)
-		if !found {
-			return Route{}, false, false
-		}
-		// Served from the last-known table: also check, once at a time and
-		// off the caller's goroutine, whether Redis is back.
-		if s.probing.CompareAndSwap(false, true) {
-			go func() {
-				defer s.probing.Store(false)
-				_, _, _ = s.Lookup(context.Background(), name)
-			}()
-		}
-		return e.r, e.ok, true
-	}
-	res := s.client.DoCache(s.cancelled, s.client.B().Get().Key(RouteKey(s.prefix, name)).Cache(), s.cacheTTL)
-	if res.NonRedisError() != nil { // a miss: context.Canceled
-		return Route{}, false, false
-	}
-	r, ok, err := decodeGet(res)
-	if err != nil {
-		return Route{}, false, false
-	}
-	return r, ok, true
-}
-
-// Lookup resolves name's route through the client-side cache, blocking on a
-// miss for one round trip (concurrent misses for the same name share it).
-// ok=false with a nil error means the user has no route; a nil reply is
-// cached like a value. The same no-read-your-writes caveat as CachedLookup
-// applies. A stored value that does not parse is an error wrapping
-// ErrMalformed. If ctx has no deadline, Options.Timeout applies.
-//
-// When Redis cannot be reached it answers from the last route name
-// resolved to (see CachedLookup), and fails only for names it has none for.
-func (s *Store) Lookup(ctx context.Context, name string) (r Route, ok bool, err error) {
-	ctx, cancel := s.withTimeout(ctx)
-	defer cancel()
-	key := RouteKey(s.prefix, name)
-	for attempt := 1; ; attempt++ {
-		before := s.state.Load()
-		res := s.client.DoCache(ctx, s.client.B().Get().Key(key).Cache(), s.cacheTTL)
-		if res.NonRedisError() == nil && !res.IsCacheHit() {
-			s.markUp(before)
-		}
-		r, ok, err = decodeGet(res)
-		// A CachedLookup that misses registers a pending cache entry and then
-		// cancels it with context.Canceled; a Lookup that joined that entry in
-		// between receives that error although its own ctx is fine. Retry.
-		if err != nil && errors.Is(err, context.Canceled) && ctx.Err() == nil && attempt < lookupAttempts {
-			continue
-		}
-		if err != nil {
-			// Redis unreachable (not an error reply): answer from the
-			// last-known route, as CachedLookup does while the connection
-			// is marked down. This also covers the moment between rueidis
-			// dropping its cache and OnInvalidations marking us down.
-			if _, isReply := rueidis.IsRedisErr(err); !isReply && !s.noCache {
-				if e, found := s.last.get(name); found {
-					return e.r, e.ok, nil
-				}
-			}
-			return Route{}, false, fmt.Errorf("route: lookup %q: %w", name, err)
-		}
-		s.last.put(name, fallbackEntry{r: r, ok: ok})
-		return r, ok, nil
-	}
 }
 
 // FreshLookup reads name's route with a plain GET, bypassing the cache; use
@@ -612,99 +481,4 @@ func (s *Store) Reassert(ctx context.Context, routes map[string]Route) (written 
 		}
 	}
 	return written, flush()
-}
-
-// Heartbeat marks serverID alive for ttl by writing its peer address
-// (SET alive:<id> peerAddr PX ttl). Servers call it every second with a TTL
-// of a few seconds. ttl must be at least 1ms. If ctx has no deadline,
-// Options.Timeout applies.
-func (s *Store) Heartbeat(ctx context.Context, serverID, peerAddr string, ttl time.Duration) error {
-	if !validField(serverID) {
-		return fmt.Errorf("route: heartbeat: invalid server ID %q", serverID)
-	}
-	if ttl < time.Millisecond {
-		return fmt.Errorf("route: heartbeat: ttl %v below 1ms", ttl)
-	}
-	ctx, cancel := s.withTimeout(ctx)
-	defer cancel()
-	err := s.client.Do(ctx, s.client.B().Set().Key(AliveKey(s.prefix, serverID)).Value(peerAddr).Px(ttl).Build()).Error()
-	if err != nil {
-		return fmt.Errorf("route: heartbeat %q: %w", serverID, err)
-	}
-	return nil
-}
-
-// Alive reports whether serverID's heartbeat key exists. It reads through
-// the client-side cache (blocking on a miss); a cached entry never outlives
-// the key's TTL, and another server's heartbeat is seen once its
-// invalidation arrives. Like Lookup, it does not read this Store's own
-// writes reliably. If ctx has no deadline, Options.Timeout applies.
-func (s *Store) Alive(ctx context.Context, serverID string) (bool, error) {
-	ctx, cancel := s.withTimeout(ctx)
-	defer cancel()
-	key := AliveKey(s.prefix, serverID)
-	for attempt := 1; ; attempt++ {
-		err := s.client.DoCache(ctx, s.client.B().Get().Key(key).Cache(), s.cacheTTL).Error()
-		switch {
-		case err == nil:
-			return true, nil
-		case rueidis.IsRedisNil(err):
-			return false, nil
-		case errors.Is(err, context.Canceled) && ctx.Err() == nil && attempt < lookupAttempts:
-			continue // same spurious cancellation as in Lookup
-		default:
-			return false, fmt.Errorf("route: alive %q: %w", serverID, err)
-		}
-	}
-}
-
-// Servers lists the live servers, server ID -> peer address, by SCANning
-// prefix+"alive:*" and reading each key (not through the cache). A key that
-// expires between the two steps is left out. Options.Timeout applies per
-// round trip when ctx has no deadline.
-func (s *Store) Servers(ctx context.Context) (map[string]string, error) {
-	out := make(map[string]string)
-	strip := len(AliveKey(s.prefix, ""))
-	err := s.scan(ctx, AlivePattern(s.prefix), func(keys []string) error {
-		for len(keys) > 0 {
-			chunk := keys[:min(len(keys), batchSize)]
-			keys = keys[len(chunk):]
-			cmds := make(rueidis.Commands, len(chunk))
-			for i, k := range chunk {
-				cmds[i] = s.client.B().Get().Key(k).Build()
-			}
-			bctx, cancel := s.withTimeout(ctx)
-			results := s.client.DoMulti(bctx, cmds...)
-			cancel()
-			for i, res := range results {
-				v, err := res.ToString()
-				if err != nil {
-					if rueidis.IsRedisNil(err) {
-						continue
-					}
-					if _, ok := rueidis.IsRedisErr(err); ok {
-						continue // not a string: not ours
-					}
-					return fmt.Errorf("route: servers: %w", err)
-				}
-				out[chunk[i][strip:]] = v
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-// Ping checks that Redis answers. If ctx has no deadline, Options.Timeout
-// applies.
-func (s *Store) Ping(ctx context.Context) error {
-	ctx, cancel := s.withTimeout(ctx)
-	defer cancel()
-	if err := s.client.Do(ctx, s.client.B().Ping().Build()).Error(); err != nil {
-		return fmt.Errorf("route: ping: %w", err)
-	}
-	return nil
 }

@@ -188,12 +188,12 @@ func TestCachedLookupInvalidation(t *testing.T) {
 	if r, ok, err := reader.Lookup(ctx, "bob"); err != nil || !ok || r != b {
 		t.Fatalf("Lookup after move = %v %v %v, want %v", r, ok, err, b)
 	}
-	// Offline users are cached too.
+	// Offline users are never kept: a miss, always resolved off the loop.
 	if _, ok, err := reader.Lookup(ctx, "nobody"); err != nil || ok {
 		t.Fatalf("Lookup(nobody) ok=%v err=%v", ok, err)
 	}
-	if _, ok, hit := reader.CachedLookup("nobody"); !hit || ok {
-		t.Fatalf("CachedLookup(nobody) ok=%v hit=%v, want a cached miss", ok, hit)
+	if _, _, hit := reader.CachedLookup("nobody"); hit {
+		t.Fatal("CachedLookup(nobody) hit: names with no route must not be cached")
 	}
 }
 
@@ -201,14 +201,14 @@ func TestHeartbeatAndServers(t *testing.T) {
 	rd := testenv.Redis(t)
 	s := newStore(t, rd.Addr, route.Options{})
 	ctx := context.Background()
-	if err := s.Heartbeat(ctx, "s1", "127.0.0.1:9601", 3*time.Second); err != nil {
+	if err := s.Heartbeat(ctx, "s1", "e1", 1, "127.0.0.1:9601", 3*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Heartbeat(ctx, "s2", "127.0.0.1:9602", 50*time.Millisecond); err != nil {
+	if err := s.Heartbeat(ctx, "s2", "e2", 1, "127.0.0.1:9602", 50*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	m, err := s.Servers(ctx)
-	if err != nil || m["s1"] != "127.0.0.1:9601" || m["s2"] != "127.0.0.1:9602" {
+	if err != nil || m["s1"] != (route.ServerInfo{Epoch: "e1", Addr: "127.0.0.1:9601"}) || m["s2"].Addr != "127.0.0.1:9602" {
 		t.Fatalf("Servers = %v, %v", m, err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -228,6 +228,98 @@ func TestHeartbeatAndServers(t *testing.T) {
 	if alive, err := s.Alive(ctx, "s1"); err != nil || !alive {
 		t.Fatalf("Alive(s1) = %v, %v", alive, err)
 	}
+	// Another epoch cannot renew s1's heartbeat.
+	if err := s.Heartbeat(ctx, "s1", "e9", 1, "127.0.0.1:1", 3*time.Second); !errors.Is(err, route.ErrIDLost) {
+		t.Fatalf("foreign renewal: %v, want ErrIDLost", err)
+	}
+}
+
+// TestAcquireID: a live owner (renewing) keeps its id and nothing changes;
+// a dead one (not renewing) is taken over; a released id is free at once.
+func TestAcquireID(t *testing.T) {
+	rd := testenv.Redis(t)
+	s := newStore(t, rd.Addr, route.Options{})
+	ctx := context.Background()
+	const ttl, wait = 3 * time.Second, 150 * time.Millisecond
+	if err := s.AcquireID(ctx, "s1", "e1", "127.0.0.1:1", ttl, wait); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // the live owner renews every 20ms
+		defer close(done)
+		for beat := uint64(1); ; beat++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			_ = s.Heartbeat(ctx, "s1", "e1", beat, "127.0.0.1:1", ttl)
+		}
+	}()
+	err := s.AcquireID(ctx, "s1", "e2", "127.0.0.1:2", ttl, wait)
+	close(stop)
+	<-done
+	if !errors.Is(err, route.ErrIDInUse) {
+		t.Fatalf("second owner while the first renews: %v, want ErrIDInUse", err)
+	}
+	if m, _ := s.Servers(ctx); m["s1"].Epoch != "e1" {
+		t.Fatalf("the refused start changed the heartbeat: %v", m["s1"])
+	}
+	// e1 stopped renewing: as after a kill -9.
+	if err := s.AcquireID(ctx, "s1", "e3", "127.0.0.1:3", ttl, wait); err != nil {
+		t.Fatalf("take over a dead owner: %v", err)
+	}
+	if err := s.Heartbeat(ctx, "s1", "e1", 99, "127.0.0.1:1", ttl); !errors.Is(err, route.ErrIDLost) {
+		t.Fatalf("the old owner renewed after the take-over: %v", err)
+	}
+	if err := s.ReleaseID(ctx, "s1", "e3"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := s.AcquireID(ctx, "s1", "e4", "127.0.0.1:4", ttl, 5*time.Second); err != nil || time.Since(start) > 2*time.Second {
+		t.Fatalf("acquire after release: %v after %v", err, time.Since(start))
+	}
+}
+
+func TestClusterSecret(t *testing.T) {
+	rd := testenv.Redis(t)
+	a := newStore(t, rd.Addr, route.Options{Prefix: "sec:"})
+	b := newStore(t, rd.Addr, route.Options{Prefix: "sec:"})
+	ctx := context.Background()
+	s1, err := a.ClusterSecret(ctx)
+	if err != nil || len(s1) != 64 {
+		t.Fatalf("secret %q, %v", s1, err)
+	}
+	s2, err := b.ClusterSecret(ctx)
+	if err != nil || s2 != s1 {
+		t.Fatalf("second process read %q, %v; want the first one's", s2, err)
+	}
+}
+
+func TestKeysShareASlotTag(t *testing.T) {
+	for _, name := range []string{"bob", "}x", "a{b}c", "{", "}", "-", "用户"} {
+		rk, mk := route.RouteKey("chat:", name), route.MailboxKey("chat:", name)
+		if tag(rk) != tag(mk) || tag(rk) == "" {
+			t.Errorf("%q: route key %q (tag %q) and mailbox key %q (tag %q) differ", name, rk, tag(rk), mk, tag(mk))
+		}
+	}
+	if route.RouteKey("chat:", "a}b") == route.RouteKey("chat:", "a}c") {
+		t.Fatal("two names share a key")
+	}
+}
+
+// tag is Redis Cluster's hash tag rule.
+func tag(key string) string {
+	i := strings.IndexByte(key, '{')
+	if i < 0 {
+		return ""
+	}
+	j := strings.IndexByte(key[i+1:], '}')
+	if j <= 0 {
+		return ""
+	}
+	return key[i+1 : i+1+j]
 }
 
 // TestRedisDownFailsFast: with Redis gone, blocking calls fail within the

@@ -6,66 +6,11 @@ import (
 	"encoding/json"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/relaychat/relaychat/route"
 	"github.com/relaychat/relaychat/server"
 )
-
-// memRouter is an in-memory Router for tests that do not need Redis.
-type memRouter struct {
-	mu sync.Mutex
-	m  map[string]route.Route
-}
-
-var _ server.Router = (*memRouter)(nil)
-
-func newMemRouter() *memRouter { return &memRouter{m: make(map[string]route.Route)} }
-
-func (r *memRouter) CachedLookup(name string) (route.Route, bool, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	v, ok := r.m[name]
-	return v, ok, true
-}
-func (r *memRouter) Lookup(_ context.Context, name string) (route.Route, bool, error) {
-	v, ok, _ := r.CachedLookup(name)
-	return v, ok, nil
-}
-func (r *memRouter) FreshLookup(ctx context.Context, name string) (route.Route, bool, error) {
-	return r.Lookup(ctx, name)
-}
-func (r *memRouter) Claim(_ context.Context, name string, rt route.Route) (route.Route, bool, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	prev, had := r.m[name]
-	r.m[name] = rt
-	return prev, had, nil
-}
-func (r *memRouter) Release(_ context.Context, name string, rt route.Route) (bool, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.m[name] == rt {
-		delete(r.m, name)
-		return true, nil
-	}
-	return false, nil
-}
-func (r *memRouter) ReleaseAll(ctx context.Context, routes map[string]route.Route) (int, error) {
-	n := 0
-	for name, rt := range routes {
-		if ok, _ := r.Release(ctx, name, rt); ok {
-			n++
-		}
-	}
-	return n, nil
-}
-func (r *memRouter) ClearServer(context.Context, string) (int, error)               { return 0, nil }
-func (r *memRouter) Heartbeat(context.Context, string, string, time.Duration) error { return nil }
-func (r *memRouter) Reassert(context.Context, map[string]route.Route) (int, error)  { return 0, nil }
-func (r *memRouter) Drops() uint64                                                  { return 0 }
 
 // FuzzClientInput writes arbitrary bytes at a server as a client would and
 // checks that every line it answers is one JSON object, that the connection

@@ -2,7 +2,7 @@ package server
 
 import (
 	"context"
-	"crypto/subtle"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,164 +11,252 @@ import (
 
 	"github.com/relaychat/relaychat/codec"
 	"github.com/relaychat/relaychat/internal/batch"
+	"github.com/relaychat/relaychat/internal/peer"
 )
 
-// link is a connection from a proxy to the peer port. Fields without a
-// note are touched only on the peer engine's loop.
+// link is a connection on the peer side: accepted on the peer port (from a
+// proxy, or from another server in mesh mode) or dialed by this server to
+// another (mesh). Either way it behaves the same once its hello is done.
+// Fields without a note are touched only on the link's loop.
 type link struct {
 	batch.Endpoint
-	proxy string // the proxy's id, from its hello; "" until then
-	// lastSeen is the unix-nano time of the last bytes received, read by
-	// watchLinks.
+	s      *Server
+	dialed bool
+	// want is, for a dialed link, the server id it is meant to reach.
+	want string
+	// ended yields, when a dialed link closes, whether it came up.
+	ended chan bool
+
+	hs     *peer.Handshake
+	gated  bool // holds a slot of the pre-hello gate
+	remote peer.Identity
+	opened int64 // unix nanos
+	// up is set once the remote end proved it knows the secret.
+	up atomic.Bool
+	// lastSeen is the unix-nano time of the last bytes received.
 	lastSeen atomic.Int64
-	// reach is the set of server ids the proxy last said it links to;
-	// replaced, never modified. nil until its first reach line.
-	reach atomic.Pointer[map[string]struct{}]
+	// reach is, server id -> run (epoch), where frames sent on this link
+	// go: the remote server itself for a direct link, the servers a proxy
+	// announced for a proxy link. Replaced, never modified.
+	reach atomic.Pointer[map[string]uint64]
+	// goodbye is set when the remote end said it is stopping.
+	goodbye atomic.Bool
+	// touched collects, during one callback, the streams to acknowledge.
+	touched []*inStream
+	name    string // for logs: "proxy p1" or "server s2"
 }
 
-func (lk *link) reaches(server string) bool {
+func (lk *link) reaches(server string) (uint64, bool) {
+	if lk.goodbye.Load() {
+		return 0, false
+	}
 	m := lk.reach.Load()
 	if m == nil {
-		return false
+		return 0, false
 	}
-	_, ok := (*m)[server]
-	return ok
+	e, ok := (*m)[server]
+	return e, ok
 }
 
-// linkSet is the set of established links. Loops read it without locking
-// (copy on write); add and remove run on the peer loop.
+// linkSet tracks links: every open one (for the watchdog) and, copy on
+// write, the authenticated ones (for path choice on any goroutine).
 type linkSet struct {
 	mu   sync.Mutex
+	open map[*link]struct{}
 	list atomic.Pointer[[]*link]
 }
 
-// pickFor returns a link that reaches server, for chats to name, or nil.
-// It starts at name's own link (see pick) and goes round, so one
-// recipient's chats keep to one path while the set does not change.
-func (ls *linkSet) pickFor(name, server string) *link {
-	p := ls.list.Load()
-	if p == nil || len(*p) == 0 {
-		return nil
+func (ls *linkSet) addOpen(lk *link) {
+	ls.mu.Lock()
+	if ls.open == nil {
+		ls.open = make(map[*link]struct{})
 	}
-	l := *p
-	start := 0
-	if len(l) > 1 {
-		start = int(hashName(name) % uint32(len(l)))
-	}
-	for i := range l {
-		if lk := l[(start+i)%len(l)]; lk.reaches(server) {
-			return lk
-		}
-	}
-	return nil
+	ls.open[lk] = struct{}{}
+	ls.mu.Unlock()
 }
 
-// pick returns the link for chats to name, or nil when there is none. A
-// given name always maps to the same link while the set is unchanged, so one
-// sender's messages to one recipient stay on one path and in order.
-func (ls *linkSet) pick(name string) *link {
-	p := ls.list.Load()
-	if p == nil || len(*p) == 0 {
-		return nil
-	}
-	l := *p
-	if len(l) == 1 {
-		return l[0]
-	}
-	return l[hashName(name)%uint32(len(l))]
+func (ls *linkSet) removeOpen(lk *link) {
+	ls.mu.Lock()
+	delete(ls.open, lk)
+	ls.mu.Unlock()
 }
 
-func (ls *linkSet) add(lk *link) {
+func (ls *linkSet) each(fn func(*link)) {
+	ls.mu.Lock()
+	list := make([]*link, 0, len(ls.open))
+	for lk := range ls.open {
+		list = append(list, lk)
+	}
+	ls.mu.Unlock()
+	for _, lk := range list {
+		fn(lk)
+	}
+}
+
+func (ls *linkSet) publish(lk *link, add bool) bool {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	var next []*link
+	found := false
 	if p := ls.list.Load(); p != nil {
-		next = append(next, *p...)
-	}
-	next = append(next, lk)
-	ls.list.Store(&next)
-}
-
-func (ls *linkSet) remove(lk *link) bool {
-	ls.mu.Lock()
-	defer ls.mu.Unlock()
-	p := ls.list.Load()
-	if p == nil {
-		return false
-	}
-	next := make([]*link, 0, len(*p))
-	for _, x := range *p {
-		if x != lk {
+		for _, x := range *p {
+			if x == lk {
+				found = true
+				continue
+			}
 			next = append(next, x)
 		}
 	}
-	if len(next) == len(*p) {
-		return false
+	if add {
+		next = append(next, lk)
 	}
 	ls.list.Store(&next)
-	return true
+	return found
 }
 
-func (ls *linkSet) all() []*link {
+func (ls *linkSet) up() []*link {
 	if p := ls.list.Load(); p != nil {
 		return *p
 	}
 	return nil
 }
 
-// linkHandler serves the peer port: the forwarding tier's links.
-type linkHandler struct {
-	gnet.BuiltinEventEngine
-	s     *Server
-	loops batch.Loops
+// pathTo picks the link to send server dst's stream on, and the run of dst
+// it reaches: only links reaching dst's newest known run count; a direct
+// link beats a proxy; among proxies the current path is kept while it
+// stays usable (moving costs a resend), else one is chosen by a hash of
+// the destination, so streams spread over proxies. avoid, if not nil, is
+// passed over when another candidate exists.
+func (s *Server) pathTo(dst string, avoid *link) (*link, uint64) {
+	var best uint64
+	var cands []*link
+	for _, lk := range s.links.up() {
+		e, ok := lk.reaches(dst)
+		if !ok || lk.Closed() {
+			continue
+		}
+		switch {
+		case e > best:
+			best, cands = e, append(cands[:0], lk)
+		case e == best:
+			cands = append(cands, lk)
+		}
+	}
+	if len(cands) == 0 {
+		return nil, 0
+	}
+	if avoid != nil && len(cands) > 1 {
+		for i, lk := range cands {
+			if lk == avoid {
+				cands = append(cands[:i], cands[i+1:]...)
+				break
+			}
+		}
+	}
+	for _, lk := range cands {
+		if lk.remote.Role == peer.RoleServer && lk.remote.ID == dst {
+			return lk, best
+		}
+	}
+	if o := s.out.find(dst); o != nil {
+		if cur := o.currentPath(); cur != nil && cur != avoid {
+			for _, lk := range cands {
+				if lk == cur {
+					return cur, best
+				}
+			}
+		}
+	}
+	return cands[int(hashName(s.opt.ID+" "+dst)%uint32(len(cands)))], best
 }
 
-func (h *linkHandler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
-	lk := &link{}
+// linkTo returns any authenticated link reaching server id (for acks).
+func (s *Server) linkTo(id string) *link {
+	lk, _ := s.pathTo(id, nil)
+	return lk
+}
+
+// repathAll re-evaluates the path of every stream (a link came or went, or
+// a reach set changed).
+func (s *Server) repathAll() {
+	for _, o := range s.out.all() {
+		o.repath()
+	}
+}
+
+// openLink sets up a new peer connection on its loop; out is the dialer's
+// hello.
+func (s *Server) openLink(lk *link, c gnet.Conn, l *batch.Loop) (out []byte, act gnet.Action) {
+	lk.s = s
 	lk.C = c
-	lk.Loop = h.loops.Get(c.EventLoop())
-	batch.NewCoalescer(&lk.Endpoint) // every client loop writes to links
-	lk.lastSeen.Store(time.Now().UnixNano())
-	lk.OnLost = func(n int) {
-		h.s.stats.LinkLost.Add(1)
-		h.s.log.Warn("proxy link closed before forwarded frames were written", "proxy", lk.proxy, "bytes", n)
+	lk.Loop = l
+	lk.MaxOut = 0
+	now := time.Now().UnixNano()
+	lk.opened = now
+	lk.lastSeen.Store(now)
+	if !s.peerGate.Enter() {
+		s.stats.PeerRefused.Add(1)
+		if s.stats.PeerRefused.Load()%100 == 1 {
+			s.log.Warn("refusing peer connections: too many have not finished their hello", "max", s.opt.MaxPeerPending, "remote", c.RemoteAddr())
+		}
+		lk.MarkClosed()
+		return nil, gnet.Close
+	}
+	lk.gated = true
+	self := peer.Identity{Role: peer.RoleServer, ID: s.opt.ID, Epoch: s.epoch}
+	var err error
+	if lk.dialed {
+		lk.hs, out, err = peer.NewDialer(s.secret, self)
+	} else {
+		lk.hs, err = peer.NewAcceptor(s.secret, self)
+	}
+	if err != nil {
+		s.log.Error("cannot start a link hello", "err", err)
+		return nil, gnet.Close
 	}
 	c.SetContext(lk)
-	return nil, gnet.None
+	s.links.addOpen(lk)
+	return out, gnet.None
 }
 
-func (h *linkHandler) OnClose(c gnet.Conn, err error) gnet.Action {
-	lk, ok := c.Context().(*link)
-	if !ok {
-		return gnet.None
-	}
+// closeLink is the link's OnClose.
+func (s *Server) closeLink(lk *link, err error) {
 	lk.MarkClosed()
-	if h.s.links.remove(lk) {
-		h.s.stats.LinksUp.Add(-1)
-		h.s.log.Warn("proxy link down", "proxy", lk.proxy, "remote", c.RemoteAddr(), "err", err)
+	s.links.removeOpen(lk)
+	if lk.gated {
+		lk.gated = false
+		s.peerGate.Leave()
 	}
-	return gnet.None
+	if lk.up.Load() {
+		if s.links.publish(lk, false) {
+			s.stats.LinksUp.Add(-1)
+		}
+		msg := "proxy link down"
+		if lk.remote.Role == peer.RoleServer {
+			msg = "mesh link down"
+		}
+		s.log.Warn(msg, "peer", lk.remote.ID, "remote", lk.C.RemoteAddr(), "err", err)
+		s.repathAll()
+	}
+	if lk.ended != nil {
+		lk.ended <- lk.up.Load()
+	}
 }
 
-func (h *linkHandler) OnTraffic(c gnet.Conn) gnet.Action {
-	lk := c.Context().(*link)
-	lk.lastSeen.Store(time.Now().UnixNano())
-	act := h.s.serveLink(lk)
-	lk.Loop.Flush()
-	return act
-}
-
-// serveLink handles every complete frame in the link's inbound buffer.
-func (s *Server) serveLink(lk *link) gnet.Action {
+// serveLink handles every complete line in the link's inbound buffer.
+func (s *Server) serveLink(l *batch.Loop, lk *link) gnet.Action {
 	c := lk.C
+	lk.lastSeen.Store(time.Now().UnixNano())
 	buf, _ := c.Peek(-1)
 	consumed := 0
+	act := gnet.None
 	for consumed < len(buf) {
-		line, n, err := codec.NextLine(buf[consumed:], codec.MaxFrameLine)
+		line, n, err := codec.NextLine(buf[consumed:], lineCap(lk))
 		if err != nil {
 			s.stats.DroppedBadFrame.Add(1)
-			s.log.Error("closing link: frame too long", "proxy", lk.proxy, "remote", c.RemoteAddr())
-			return gnet.Close
+			s.log.Warn("closing link: line too long", "peer", lk.remote.ID, "remote", c.RemoteAddr(), "up", lk.up.Load())
+			act = gnet.Close
+			break
 		}
 		if n == 0 {
 			break
@@ -177,279 +265,284 @@ func (s *Server) serveLink(lk *link) gnet.Action {
 		if len(line) == 0 {
 			continue
 		}
-		if lk.proxy == "" {
-			if !s.hello(lk, line) {
-				return gnet.Close
+		if !lk.up.Load() {
+			if !s.hello(l, lk, line) {
+				act = gnet.Close
+				break
 			}
 			continue
 		}
-		switch line[0] {
-		case codec.KindPing:
-			lk.Loop.Append(&lk.Endpoint, pongLine)
-		case codec.KindPong:
-		case codec.KindReach:
-			ids, err := codec.ParseReach(line)
-			if err != nil {
-				s.stats.DroppedBadFrame.Add(1)
-				s.log.Warn("dropping malformed reach line", "proxy", lk.proxy, "line", truncate(line, 120))
-				continue
-			}
-			s.setReach(lk, ids)
-		default:
-			s.frame(lk, line)
-		}
+		s.linkLine(l, lk, line)
 	}
 	batch.Consume(c, consumed)
-	return gnet.None
+	s.ackTouched(l, lk)
+	return act
+}
+
+// lineCap is the longest line a link may send: a hello is short, so an
+// unauthenticated connection cannot make the server buffer much.
+func lineCap(lk *link) int {
+	if lk.up.Load() {
+		return codec.MaxFrameLine
+	}
+	return 1024
+}
+
+// hello feeds one line to the handshake; false closes the link.
+func (s *Server) hello(l *batch.Loop, lk *link, line []byte) bool {
+	out, done, err := lk.hs.Feed(line)
+	if err != nil {
+		s.stats.LinkAuthFailures.Add(1)
+		s.log.Warn("closing link: hello failed", "remote", lk.C.RemoteAddr(), "err", err)
+		return false
+	}
+	if len(out) > 0 {
+		l.Append(&lk.Endpoint, out)
+	}
+	if !done {
+		return true
+	}
+	r := lk.hs.Remote()
+	if lk.dialed && (r.Role != peer.RoleServer || r.ID != lk.want) {
+		s.log.Error("closing link: the server at this address is not the one discovered", "want", lk.want, "got", r.ID)
+		return false
+	}
+	if r.Role == peer.RoleServer && r.ID == s.opt.ID {
+		s.log.Error("closing link: it comes from a server with this server's id", "remote", lk.C.RemoteAddr())
+		return false
+	}
+	lk.remote = r
+	lk.gated = false
+	s.peerGate.Leave()
+	reach := map[string]uint64{}
+	if r.Role == peer.RoleServer {
+		reach[r.ID] = r.Epoch
+	}
+	lk.reach.Store(&reach)
+	lk.up.Store(true)
+	lk.MaxOut = s.opt.MaxLinkOutbound
+	s.links.publish(lk, true)
+	s.stats.LinksUp.Add(1)
+	if r.Role == peer.RoleServer {
+		s.log.Info("mesh link up", "peer", r.ID, "remote", lk.C.RemoteAddr(), "dialed", lk.dialed)
+	} else {
+		s.log.Info("proxy link up", "proxy", r.ID, "remote", lk.C.RemoteAddr())
+	}
+	s.repathAll()
+	return true
+}
+
+// linkLine handles one line from an authenticated link.
+func (s *Server) linkLine(l *batch.Loop, lk *link, line []byte) {
+	switch line[0] {
+	case codec.KindPing:
+		l.Append(&lk.Endpoint, pongLine)
+		return
+	case codec.KindPong:
+		return
+	case codec.KindReach:
+		if lk.remote.Role != peer.RoleProxy {
+			s.badFrame(lk, "reach line from a server")
+			return
+		}
+		rs, err := codec.ParseReach(line)
+		if err != nil {
+			s.badFrame(lk, "malformed reach line")
+			return
+		}
+		reach := make(map[string]uint64, len(rs))
+		for _, r := range rs {
+			if r.ID != s.opt.ID {
+				reach[r.ID] = r.Epoch
+			}
+		}
+		lk.reach.Store(&reach)
+		s.repathAll()
+		return
+	case codec.KindGoodbye:
+		lk.goodbye.Store(true)
+		s.log.Info("peer is stopping; moving its streams", "peer", lk.remote.ID)
+		s.repathAll()
+		return
+	}
+	var f codec.Frame
+	if err := codec.ParseFrame(line, &f); err != nil {
+		s.badFrame(lk, "malformed frame")
+		return
+	}
+	if string(f.Dst) != s.opt.ID {
+		s.badFrame(lk, "frame for another server")
+		return
+	}
+	if f.Kind == codec.KindNak {
+		// A proxy's own notice about a frame of ours it could not relay.
+		if o := s.out.find(string(f.Src)); o != nil && lk.remote.Role == peer.RoleProxy {
+			o.nak(lk, f.Stream, f.Seq)
+		}
+		return
+	}
+	// A link speaks only for the servers behind it.
+	if _, ok := lk.reaches(string(f.Src)); !ok && !(lk.remote.Role == peer.RoleServer && string(f.Src) == lk.remote.ID) {
+		s.stats.StreamForeign.Add(1)
+		s.log.Warn("dropping frame from a server this link does not reach", "peer", lk.remote.ID, "src", string(f.Src))
+		return
+	}
+	if f.Kind == codec.KindAck {
+		if o := s.out.find(string(f.Src)); o != nil {
+			o.ack(f.Stream, f.Seq)
+		}
+		return
+	}
+	if f.DstEpoch != s.epoch {
+		s.stats.StreamStale.Add(1)
+		return
+	}
+	s.receiveFrame(l, lk, &f, &lk.touched)
 }
 
 var pongLine = []byte{codec.KindPong, '\n'}
 
-// hello checks a proxy's first line and, if it is acceptable, registers the
-// link before answering, so that a proxy that has read the answer knows
-// this server routes through it.
-func (s *Server) hello(lk *link, line []byte) bool {
-	role, id, secret, err := codec.ParseHello(line)
-	if err != nil || role != "proxy" {
-		s.stats.DroppedBadFrame.Add(1)
-		s.log.Warn("closing link: bad hello", "remote", lk.C.RemoteAddr(), "line", truncate(line, 80))
-		return false
-	}
-	if subtle.ConstantTimeCompare([]byte(secret), []byte(s.opt.PeerSecret)) != 1 {
-		s.stats.LinkAuthFailures.Add(1)
-		s.log.Warn("closing link: wrong peer secret", "proxy", id, "remote", lk.C.RemoteAddr())
-		return false
-	}
-	lk.proxy = id
-	s.links.add(lk)
-	s.stats.LinksUp.Add(1)
-	s.log.Info("proxy link up", "proxy", id, "remote", lk.C.RemoteAddr())
-	out := lk.Loop.Out(&lk.Endpoint)
-	*out = codec.AppendHello(*out, "server", s.opt.ID, "")
-	return true
+// badFrame counts and logs a line the link should not have sent (never its
+// content: it may hold a chat).
+func (s *Server) badFrame(lk *link, why string) {
+	s.stats.DroppedBadFrame.Add(1)
+	s.log.Warn("dropping link line", "peer", lk.remote.ID, "why", why)
 }
 
-// frame handles one data frame from a link.
-func (s *Server) frame(lk *link, line []byte) {
-	var f codec.Frame
-	if err := codec.ParseFrame(line, &f); err != nil || string(f.Dst) != s.opt.ID {
-		s.stats.DroppedBadFrame.Add(1)
-		s.log.Warn("dropping link frame: malformed or not for this server", "proxy", lk.proxy, "line", truncate(line, 120))
-		return
+// ackTouched acknowledges, once per stream, the frames this callback
+// settled.
+func (s *Server) ackTouched(l *batch.Loop, lk *link) {
+	for i, st := range lk.touched {
+		lk.touched[i] = nil
+		out := l.Out(&lk.Endpoint)
+		line, via := st.ackLine(*out, false)
+		if via == nil {
+			continue
+		}
+		if via == lk {
+			*out = line
+			continue
+		}
+		// Acks go back on the link the frames came on; this one was a skip
+		// on another link: send it there.
+		batch.Send(&via.Endpoint, append([]byte(nil), line[len(*out):]...), nil)
 	}
-	l := lk.Loop
-	switch f.Kind {
-	case codec.KindMsg:
-		if ss := s.reg.get(string(f.Recv)); ss != nil {
-			out := l.Out(&ss.Endpoint)
-			*out = append(append(*out, f.Payload...), '\n')
-			s.stats.DeliveredFromLink.Add(1)
-			return
-		}
-		// The recipient left or moved after the sender looked the route up:
-		// look again, uncached, off the loop, and re-route once; or tell the
-		// sender. Never drop it.
-		if f.Hops < maxHops && s.reroute(&f) {
-			return
-		}
-		s.bounce(l, lk, &f, errOffline)
-	case codec.KindError:
-		if ss := s.reg.get(string(f.Recv)); ss != nil {
-			out := l.Out(&ss.Endpoint)
-			*out = append(append(*out, f.Payload...), '\n')
-			s.stats.Errors.Add(1)
-			return
-		}
-		s.stats.DroppedNoSender.Add(1)
-		s.log.Info("bounced error not delivered: its sender has left", "user", string(f.Recv))
-	case codec.KindKick:
-		name, token := string(f.Recv), string(f.Payload)
-		if ss := s.reg.get(name); ss != nil {
-			if id := ss.id.Load(); id != nil && id.token == token {
-				s.kick(ss)
-				return
-			}
-		}
-		// The session may still be finishing its login here: remember the
-		// kick so finishLogin honours it.
-		if !s.kicks.remember(name, token) {
-			s.stats.KickUndelivered.Add(1)
-			s.log.Warn("kick memo full: kick for an unknown session dropped", "user", name)
-		}
-	default:
-		s.stats.DroppedBadFrame.Add(1)
-		s.log.Warn("dropping link frame of unknown kind", "proxy", lk.proxy, "kind", string(f.Kind))
-	}
+	lk.touched = lk.touched[:0]
 }
 
-// maxHops is how many times a chat may be re-routed after reaching a
-// server its recipient has left.
-const maxHops = 1
-
-// bounce sends a chat frame's sender an error through lk.
-func (s *Server) bounce(l *batch.Loop, lk *link, f *codec.Frame, reason codec.ProtoError) {
-	s.stats.Bounced.Add(1)
-	payload := codec.AppendError(l.Scratch[:0], string(reason), f.ID)
-	payload = payload[:len(payload)-1]
-	out := l.Out(&lk.Endpoint)
-	*out = codec.AppendFrame(*out, codec.KindError, string(f.Src), s.opt.ID, f.Hops, "", string(f.Send), f.ID, payload)
-	l.Scratch = payload[:0]
-}
-
-// rerouteJob is a chat frame waiting for a fresh route lookup. Its fields
-// are copies: the frame's slices alias gnet's buffer.
-type rerouteJob struct {
-	src, send, recv string
-	hops            int
-	id, payload     []byte
-}
-
-// reroute queues f for the re-route worker; false means the queue is full
-// (the caller bounces the chat).
-func (s *Server) reroute(f *codec.Frame) bool {
-	j := rerouteJob{
-		src: string(f.Src), send: string(f.Send), recv: string(f.Recv), hops: f.Hops,
-		id: append([]byte(nil), f.ID...), payload: append([]byte(nil), f.Payload...),
-	}
-	select {
-	case s.reroutes <- j:
-		return true
-	default:
-		s.stats.RerouteOverflow.Add(1)
-		s.log.Warn("re-route queue full; bouncing the chat", "user", j.recv, "queue", cap(s.reroutes))
-		return false
-	}
-}
-
-// rerouteWorker resolves queued chats one at a time, in arrival order, so
-// re-routed chats from one sender keep their order. It writes only with
-// AsyncWrite, which is safe off the loops.
-func (s *Server) rerouteWorker() {
-	defer s.bg.Done()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case j := <-s.reroutes:
-			s.rerouteOne(j)
-		}
-	}
-}
-
-func (s *Server) rerouteOne(j rerouteJob) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.opt.RedisTimeout)
-	r, found, err := s.opt.Router.FreshLookup(ctx, j.recv)
-	cancel()
-	reason := errOffline
-	switch {
-	case err != nil:
-		s.stats.RedisErrors.Add(1)
-		reason = errRoutingDown
-	case found && r.Server == s.opt.ID:
-		if ss := s.reg.get(j.recv); ss != nil {
-			// Logged in here meanwhile.
-			_ = ss.C.AsyncWrite(append(j.payload, '\n'), nil)
-			s.stats.Rerouted.Add(1)
-			return
-		}
-	case found:
-		if lk := s.links.pickFor(j.recv, r.Server); lk != nil {
-			frame := codec.AppendFrame(nil, codec.KindMsg, r.Server, s.opt.ID, j.hops+1, j.send, j.recv, j.id, j.payload)
-			_ = lk.C.AsyncWrite(frame, nil)
-			s.stats.Rerouted.Add(1)
-			return
-		}
-		reason = errNoForwarding
-	}
-	lk := s.links.pickFor(j.send, j.src)
-	if lk == nil {
-		s.stats.DroppedNoSender.Add(1)
-		s.log.Warn("cannot bounce a chat: no forwarding link", "sender", j.send, "recipient", j.recv, "reason", string(reason))
-		return
-	}
-	s.stats.Bounced.Add(1)
-	payload := codec.AppendError(nil, string(reason), j.id)
-	frame := codec.AppendFrame(nil, codec.KindError, j.src, s.opt.ID, j.hops, "", j.send, j.id, payload[:len(payload)-1])
-	_ = lk.C.AsyncWrite(frame, nil)
-}
-
-// watchLinks closes links that have been silent for LinkTimeout; proxies
-// ping every second, so silence means the proxy or the path is gone.
+// watchLinks closes links that did not finish their hello within
+// LinkTimeout, or went silent that long, and pings the others.
 func (s *Server) watchLinks() {
 	defer s.bg.Done()
-	t := time.NewTicker(s.opt.LinkTimeout / 4)
+	t := time.NewTicker(s.opt.PingInterval)
 	defer t.Stop()
+	ping := []byte{codec.KindPing, '\n'}
 	for {
 		select {
 		case <-s.stop:
 			return
 		case now := <-t.C:
-			for _, lk := range s.links.all() {
-				if idle := now.Sub(time.Unix(0, lk.lastSeen.Load())); idle > s.opt.LinkTimeout {
-					s.log.Warn("closing silent proxy link", "proxy", lk.proxy, "idle", idle.Round(time.Millisecond))
+			limit := now.Add(-s.opt.LinkTimeout).UnixNano()
+			s.links.each(func(lk *link) {
+				switch {
+				case !lk.up.Load() && lk.opened < limit:
+					s.log.Warn("closing link: hello not finished in time", "remote", lk.C.RemoteAddr(), "timeout", s.opt.LinkTimeout)
 					_ = lk.C.Close()
+				case lk.up.Load() && lk.lastSeen.Load() < limit:
+					s.log.Warn("closing silent link", "peer", lk.remote.ID, "timeout", s.opt.LinkTimeout)
+					_ = lk.C.Close()
+				case lk.up.Load():
+					batch.Send(&lk.Endpoint, append([]byte(nil), ping...), nil)
+				}
+			})
+		}
+	}
+}
+
+// goodbye tells every link this server is stopping.
+func (s *Server) goodbye() {
+	for _, lk := range s.links.up() {
+		batch.Send(&lk.Endpoint, []byte{codec.KindGoodbye, '\n'}, nil)
+	}
+}
+
+// meshLoop (mesh topology) discovers the other servers from their
+// heartbeats and keeps a link to each server whose id sorts after this
+// one's: each pair links once, dialed by the lower id.
+func (s *Server) meshLoop() {
+	defer s.bg.Done()
+	type dialer struct {
+		addr atomic.Pointer[string]
+		stop chan struct{}
+	}
+	dialers := map[string]*dialer{}
+	t := time.NewTicker(s.opt.Heartbeat)
+	defer t.Stop()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), s.opt.RedisTimeout)
+		servers, err := s.opt.Router.Servers(ctx)
+		cancel()
+		if err == nil {
+			for id, info := range servers {
+				if id <= s.opt.ID {
+					continue
+				}
+				d := dialers[id]
+				if d == nil {
+					d = &dialer{stop: make(chan struct{})}
+					d.addr.Store(&info.Addr)
+					dialers[id] = d
+					s.log.Info("mesh: discovered server", "peer", id, "addr", info.Addr)
+					s.bg.Add(1)
+					go func(id string, d *dialer) {
+						defer s.bg.Done()
+						stop := make(chan struct{})
+						go func() {
+							select {
+							case <-s.stop:
+							case <-d.stop:
+							}
+							close(stop)
+						}()
+						peer.Redial(stop, func() string { return *d.addr.Load() }, peer.DialOptions{Timeout: s.opt.RedisTimeout},
+							func(nc net.Conn) (<-chan bool, error) { return s.enrollDialed(id, nc) },
+							func(attempt int, addr string, err error) {
+								if attempt == 1 || attempt%20 == 0 {
+									s.log.Warn("mesh: dial failed; retrying with backoff", "peer", id, "addr", addr, "attempt", attempt, "err", err)
+								}
+							})
+					}(id, d)
+				} else if *d.addr.Load() != info.Addr {
+					d.addr.Store(&info.Addr)
+				}
+			}
+			for id, d := range dialers {
+				if _, live := servers[id]; !live && s.linkTo(id) == nil {
+					s.log.Info("mesh: server left", "peer", id)
+					close(d.stop)
+					delete(dialers, id)
 				}
 			}
 		}
-	}
-}
-
-func truncate(b []byte, n int) string {
-	if len(b) > n {
-		return string(b[:n]) + "..."
-	}
-	return string(b)
-}
-
-// kickMemo remembers kicks that arrived for a session whose login had not
-// finished yet, for a short time and up to a bound.
-type kickMemo struct {
-	mu  sync.Mutex
-	m   map[string]time.Time
-	max int
-	ttl time.Duration
-}
-
-const (
-	kickMemoSize = 10000
-	kickMemoTTL  = 10 * time.Second
-)
-
-func newKickMemo(max int, ttl time.Duration) *kickMemo {
-	return &kickMemo{m: make(map[string]time.Time), max: max, ttl: ttl}
-}
-
-// remember records a kick; false means the memo is full of fresh entries
-// and the kick was not recorded.
-func (k *kickMemo) remember(name, token string) bool {
-	now := time.Now()
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if len(k.m) >= k.max {
-		for key, t := range k.m {
-			if now.Sub(t) > k.ttl {
-				delete(k.m, key)
-			}
-		}
-		if len(k.m) >= k.max {
-			return false
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
 		}
 	}
-	k.m[name+" "+token] = now
-	return true
 }
 
-// take reports whether a kick for (name, token) was remembered, and forgets it.
-func (k *kickMemo) take(name, token string) bool {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if len(k.m) == 0 {
-		return false
+// enrollDialed hands a dialed connection to the engine's loops.
+func (s *Server) enrollDialed(id string, nc net.Conn) (<-chan bool, error) {
+	lk := &link{dialed: true, want: id, ended: make(chan bool, 1)}
+	ctx := gnet.NewNetConnContext(gnet.NewContext(context.Background(), lk), nc)
+	ch, err := s.eng.Register(ctx)
+	if err != nil {
+		return nil, err
 	}
-	key := name + " " + token
-	t, ok := k.m[key]
-	if ok {
-		delete(k.m, key)
+	res := <-ch
+	if res.Err != nil {
+		return nil, res.Err
 	}
-	return ok && time.Since(t) <= k.ttl
+	return lk.ended, nil
 }

@@ -43,6 +43,21 @@ func (r *registry) get(name string) *session {
 	return s
 }
 
+// ifAbsent runs fn while holding name's shard, if no session is
+// registered under name, and reports whether it ran. A login registering
+// name waits for fn to finish, so whatever fn queues is queued before
+// anything the login does next.
+func (r *registry) ifAbsent(name string, fn func()) bool {
+	sh := &r.shards[hashName(name)%registryShards]
+	sh.RLock()
+	defer sh.RUnlock()
+	if sh.m[name] != nil {
+		return false
+	}
+	fn()
+	return true
+}
+
 // putIfNewer publishes id as s's login and makes s the session of id.name,
 // unless the session registered there claimed the route over id's token (it
 // is the newer login, and s lost the race). It returns the session it

@@ -1,8 +1,8 @@
 // Package server is a message server of the chat cluster: it holds client
-// sessions on a gnet engine, records in the routing store which server each
-// user is on, delivers chats to local users directly and hands chats for
-// users elsewhere to the forwarding tier over the links that proxies open to
-// its peer port.
+// sessions (TCP lines or WebSocket) on one gnet engine, records in the
+// routing store which server each user is on, decides each chat's fate in
+// one place (deliver.go), and exchanges chats with other servers over
+// reliable streams, through proxies or direct links (mesh).
 package server
 
 import (
@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,7 +24,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relaychat/relaychat/codec"
+	"github.com/relaychat/relaychat/internal/batch"
 	"github.com/relaychat/relaychat/internal/gnetlog"
+	"github.com/relaychat/relaychat/internal/peer"
+	"github.com/relaychat/relaychat/route"
 )
 
 // Server is one message server. Create it with New, then Start; stop it
@@ -33,39 +37,68 @@ type Server struct {
 	log   *slog.Logger
 	stats Stats
 
-	reg   *registry
-	all   *sessionSet
-	links linkSet
-	hold  *holder
-	kicks *kickMemo
+	// epoch identifies this run of the server (unix nanos at New): other
+	// servers tell a restart by it.
+	epoch    uint64
+	epochHex string
+	idB      []byte
+	secret   []byte
 
-	clients *engine // the client port
-	peers   *engine // the peer port
+	reg      *registry
+	all      *sessionSet
+	links    linkSet
+	peerGate *peer.Gate
+	kicks    *kickMemo
+	out      *outStreams
+	in       *inStreams
+	redis    *redisQueue
+	loops    batch.Loops
+	watching sync.Map // *session -> struct{}: output to watch
 
-	// reroutes feeds rerouteWorker; its capacity bounds the chats waiting
-	// for a fresh lookup.
-	reroutes chan rerouteJob
+	eng       gnet.Engine
+	engDone   chan error
+	booted    chan struct{}
+	listeners []*listener
+	peerAddr  string // advertised
+
+	// inflight bounds the off-loop Redis operations started by clients.
+	inflight chan struct{}
 	// releases feeds releaseWorker; its capacity bounds the route
 	// deletions waiting.
 	releases chan releaseReq
-	// inflight bounds the off-loop Redis operations of the whole server.
-	inflight chan struct{}
 	// maxConns is the connection cap in force (Options.MaxConns, or derived
 	// at start); 0 until then means no cap.
 	maxConns atomic.Int64
-	// closing is set at the start of Shutdown: closing sessions then leave
-	// their routes to the bulk release.
+	// started is set once the id is ours and stale routes are cleared:
+	// connections before that are refused.
+	started atomic.Bool
+	// closing is set at the start of Shutdown.
 	closing atomic.Bool
+	// ready is false while the routing store does not answer (readiness).
+	redisOK atomic.Bool
 
 	stop     chan struct{}
 	bg       sync.WaitGroup
 	shutOnce sync.Once
 	shutErr  error
+	failed   chan error // Done: the server stopped on its own
+	failOnce sync.Once
+
+	// DrainObserver, if set before Start, is told how long each mailbox
+	// read took (monitoring).
+	DrainObserver func(time.Duration)
 }
 
-// rerouteQueue bounds the chats waiting for a fresh route lookup after
-// reaching a server their recipient had left.
-const rerouteQueue = 4096
+// listener is one address the engine listens on.
+type listener struct {
+	kind    string // "client", "peer" or "websocket"
+	addr    string // configured
+	gaddr   string // as given to gnet (unique among the engine's listeners)
+	bound   string // after bind
+	ip      net.IP
+	port    int
+	anyAddr bool
+}
 
 // releaseQueue bounds the route deletions waiting for the release worker,
 // and releaseBatch how many it pipelines in one round trip.
@@ -73,15 +106,6 @@ const (
 	releaseQueue = 1 << 17
 	releaseBatch = 256
 )
-
-// engine is one gnet engine and what its OnBoot learnt.
-type engine struct {
-	name  string
-	eng   gnet.Engine
-	addr  string        // bound address, from OnBoot
-	ready chan struct{} // closed by OnBoot
-	done  chan error    // gnet.Run's result
-}
 
 // New validates o and returns a server that is not started yet.
 func New(o Options) (*Server, error) {
@@ -91,18 +115,27 @@ func New(o Options) (*Server, error) {
 	if err := codec.Pretouch(); err != nil {
 		return nil, fmt.Errorf("server: sonic pretouch: %w", err)
 	}
+	epoch := uint64(time.Now().UnixNano())
 	s := &Server{
 		opt:      o,
 		log:      o.Logger.With("server", o.ID),
+		epoch:    epoch,
+		epochHex: strconv.FormatUint(epoch, 16),
+		idB:      []byte(o.ID),
 		reg:      newRegistry(),
 		all:      newSessionSet(),
+		peerGate: peer.NewGate(o.MaxPeerPending),
 		kicks:    newKickMemo(kickMemoSize, kickMemoTTL),
 		inflight: make(chan struct{}, o.MaxInflight),
-		reroutes: make(chan rerouteJob, rerouteQueue),
 		releases: make(chan releaseReq, releaseQueue),
-		hold:     newHolder(o.MaxHoldBytes, o.MaxHoldAge),
 		stop:     make(chan struct{}),
+		failed:   make(chan error, 1),
+		booted:   make(chan struct{}),
+		engDone:  make(chan error, 1),
 	}
+	s.out = newOutStreams(s)
+	s.in = newInStreams(s)
+	s.redis = newRedisQueue(s)
 	s.maxConns.Store(int64(o.MaxConns))
 	return s, nil
 }
@@ -110,30 +143,69 @@ func New(o Options) (*Server, error) {
 // Stats returns the server's counters.
 func (s *Server) Stats() *Stats { return &s.stats }
 
-// ClientAddr returns the bound client address (with the real port when the
-// configured one was 0); "" before Start.
-func (s *Server) ClientAddr() string {
-	if s.clients == nil {
-		return ""
+// Epoch returns this run's epoch (as announced in hellos and heartbeats).
+func (s *Server) Epoch() uint64 { return s.epoch }
+
+// Done yields an error if the server stopped serving on its own (another
+// process took its id over); the caller should then exit.
+func (s *Server) Done() <-chan error { return s.failed }
+
+func (s *Server) addrOf(kind string) string {
+	for _, l := range s.listeners {
+		if l.kind == kind {
+			return l.bound
+		}
 	}
-	return s.clients.addr
+	return ""
 }
+
+// ClientAddr returns the bound client address; "" before Start.
+func (s *Server) ClientAddr() string { return s.addrOf("client") }
 
 // PeerAddr returns the bound peer address; "" before Start.
-func (s *Server) PeerAddr() string {
-	if s.peers == nil {
-		return ""
-	}
-	return s.peers.addr
-}
+func (s *Server) PeerAddr() string { return s.addrOf("peer") }
 
-// Start clears the routes a previous run of this server id may have left
-// behind (after a crash), starts both listeners and the heartbeat, and
-// returns once both listeners accept connections. A failure to reach Redis
-// here is logged, not fatal: sessions get "routing store unavailable" until
-// it answers.
+// WSAddr returns the bound WebSocket address; "" when off or before Start.
+func (s *Server) WSAddr() string { return s.addrOf("websocket") }
+
+// Start reads the link secret, binds every listener on one engine, takes
+// ownership of the server id in the routing store (failing, with nothing
+// changed there, while another live process holds it), clears the routes
+// an earlier run of this id left, and starts serving.
 func (s *Server) Start() error {
-	ctx, cancel := context.WithTimeout(context.Background(), s.opt.RedisTimeout)
+	secret := s.opt.PeerSecret
+	if secret == "" {
+		var err error
+		if secret, err = s.clusterSecret(); err != nil {
+			return err
+		}
+	}
+	s.secret = []byte(secret)
+
+	s.listeners = []*listener{{kind: "client", addr: s.opt.Listen}, {kind: "peer", addr: s.opt.PeerListen}}
+	if s.opt.WSListen != "" {
+		s.listeners = append(s.listeners, &listener{kind: "websocket", addr: s.opt.WSListen})
+	}
+	if err := s.startEngine(); err != nil {
+		return err
+	}
+	s.peerAddr = s.opt.PeerAdvertise
+	if s.peerAddr == "" {
+		s.peerAddr = s.PeerAddr()
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*s.opt.Heartbeat+4*s.opt.RedisTimeout)
+	err := s.opt.Router.AcquireID(ctx, s.opt.ID, s.epochHex, s.peerAddr, 3*s.opt.Heartbeat, s.opt.Heartbeat*3/2)
+	cancel()
+	if err != nil {
+		s.stopEngine(context.Background())
+		if errors.Is(err, route.ErrIDInUse) {
+			return fmt.Errorf("server: %w", err)
+		}
+		return fmt.Errorf("server: cannot take server id %q in the routing store: %w", s.opt.ID, err)
+	}
+	s.redisOK.Store(true)
+	ctx, cancel = context.WithTimeout(context.Background(), 10*s.opt.RedisTimeout)
 	n, err := s.opt.Router.ClearServer(ctx, s.opt.ID)
 	cancel()
 	switch {
@@ -142,115 +214,234 @@ func (s *Server) Start() error {
 	case n > 0:
 		s.log.Info("cleared stale routes left by an earlier run", "routes", n)
 	}
-
-	logger := gnetlog.Logger{L: s.log}
-	common := []gnet.Option{
-		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-		gnet.WithLogger(logger),
-		gnet.WithReusePort(false),
-		// A restarted server must bind its ports again at once, although
-		// the connections it closed are still in TIME_WAIT.
-		gnet.WithReuseAddr(true),
-	}
-	clientOpts := append([]gnet.Option{gnet.WithMulticore(s.opt.Multicore)}, common...)
-	if s.opt.Loops > 0 {
-		clientOpts = append(clientOpts, gnet.WithNumEventLoop(s.opt.Loops))
-	}
-	s.clients = &engine{name: "client"}
-	if err := s.run(s.clients, &clientHandler{s: s}, s.opt.Listen, clientOpts); err != nil {
-		return err
-	}
-	// Links are few and each carries a batch per event; one loop serves them.
-	peerOpts := append([]gnet.Option{gnet.WithNumEventLoop(1)}, common...)
-	s.peers = &engine{name: "peer"}
-	if err := s.run(s.peers, &linkHandler{s: s}, s.opt.PeerListen, peerOpts); err != nil {
-		_ = s.clients.eng.Stop(context.Background())
-		<-s.clients.done
-		return err
-	}
 	if s.maxConns.Load() == 0 {
 		s.maxConns.Store(int64(deriveMaxConns()))
 	}
+	s.started.Store(true)
 	s.log.Info("connection cap", "max_conns", s.maxConns.Load())
-	s.log.Info("client listener ready", "addr", s.clients.addr)
-	s.log.Info("peer listener ready", "addr", s.peers.addr)
+	for _, l := range s.listeners {
+		s.log.Info(l.kind+" listener ready", "addr", l.bound)
+	}
 
-	s.bg.Add(5)
+	s.bg.Add(7)
+	go s.redis.run(s.stop)
 	go s.releaseWorker()
 	go s.heartbeat()
 	go s.watchLinks()
-	go s.rerouteWorker()
-	go s.expireHeld()
+	go s.tickStreams()
+	go s.watchOutput()
+	go s.sweepMailboxes()
 	if s.opt.IdleTimeout > 0 {
 		s.bg.Add(1)
 		go s.sweepIdle()
 	}
+	if s.opt.Topology == TopologyMesh {
+		s.bg.Add(1)
+		go s.meshLoop()
+	}
 	return nil
 }
 
-// run starts e's gnet engine on addr and waits for OnBoot or a failure.
-func (s *Server) run(e *engine, h gnet.EventHandler, addr string, opts []gnet.Option) error {
-	e.ready = make(chan struct{})
-	e.done = make(chan error, 1)
-	boot := &bootHook{e: e}
-	go func() {
-		e.done <- gnet.Run(withBoot(h, boot), "tcp://"+addr, opts...)
-	}()
+// clusterSecret reads (or creates) the routing store's link secret,
+// retrying for a while if Redis is not up yet.
+func (s *Server) clusterSecret() (string, error) {
+	deadline := time.Now().Add(5 * s.opt.RedisTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), s.opt.RedisTimeout)
+		v, err := s.opt.Router.ClusterSecret(ctx)
+		cancel()
+		if err == nil {
+			return v, nil
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("server: cannot read the cluster's link secret from the routing store (give -peer-secret, or make Redis reachable): %w", err)
+		}
+		time.Sleep(200 * time.Millisecond) // retry interval while Redis comes up
+	}
+}
+
+// startEngine runs one gnet engine over every listener and waits for it
+// to boot.
+func (s *Server) startEngine() error {
+	seen := map[string]int{}
+	addrs := make([]string, len(s.listeners))
+	for i, l := range s.listeners {
+		host, port, _ := net.SplitHostPort(l.addr)
+		// gnet finds a listener by its address text: make equal ones
+		// (several "127.0.0.1:0") distinct with leading zeros in the port.
+		n := seen[l.addr]
+		seen[l.addr]++
+		l.gaddr = net.JoinHostPort(host, strings.Repeat("0", n)+port)
+		addrs[i] = "tcp://" + l.gaddr
+	}
+	opts := []gnet.Option{
+		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		gnet.WithLogger(gnetlog.Logger{L: s.log}),
+		gnet.WithReusePort(false),
+		gnet.WithReuseAddr(true), // a restarted server binds again while old connections sit in TIME_WAIT
+		gnet.WithMulticore(s.opt.Multicore),
+		// Links dialed later join the loops through Engine.Register, which
+		// is only safe with a balancer other than round-robin.
+		gnet.WithLoadBalancing(gnet.LeastConnections),
+	}
+	if s.opt.Loops > 0 {
+		opts = append(opts, gnet.WithNumEventLoop(s.opt.Loops))
+	}
+	go func() { s.engDone <- gnet.Rotate(&handler{s: s}, addrs, opts...) }()
 	select {
-	case <-e.ready:
-		return nil
-	case err := <-e.done:
+	case <-s.booted:
+	case err := <-s.engDone:
 		if err == nil {
 			err = errors.New("engine stopped before it started")
 		}
-		return fmt.Errorf("server: %s listener %s: %w", e.name, addr, err)
+		return fmt.Errorf("server: listen on %s: %w", strings.Join(addrs, ", "), err)
 	}
+	for _, l := range s.listeners {
+		fd, err := s.eng.DupListener("tcp", l.gaddr)
+		if err != nil {
+			s.stopEngine(context.Background())
+			return fmt.Errorf("server: %s listener %s: %w", l.kind, l.addr, err)
+		}
+		sa, err := unix.Getsockname(fd)
+		unix.Close(fd)
+		if err != nil {
+			s.stopEngine(context.Background())
+			return fmt.Errorf("server: %s listener %s: %w", l.kind, l.addr, err)
+		}
+		l.ip, l.port = sockIP(sa)
+		l.anyAddr = l.ip.IsUnspecified()
+		l.bound = net.JoinHostPort(l.ip.String(), strconv.Itoa(l.port))
+	}
+	return nil
 }
 
-// bootHook records the engine and its bound address when it boots.
-type bootHook struct{ e *engine }
-
-func (b *bootHook) boot(eng gnet.Engine) {
-	b.e.eng = eng
-	b.e.addr = boundAddr(eng)
-	close(b.e.ready)
-}
-
-// boundAddr reads the listener's address from a dup of its socket, so a
-// port of 0 is reported as the port the kernel picked.
-func boundAddr(eng gnet.Engine) string {
-	fd, err := eng.Dup()
-	if err != nil {
-		return ""
-	}
-	defer unix.Close(fd)
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		return ""
-	}
+func sockIP(sa unix.Sockaddr) (net.IP, int) {
 	switch a := sa.(type) {
 	case *unix.SockaddrInet4:
-		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+		return net.IP(append([]byte(nil), a.Addr[:]...)), a.Port
 	case *unix.SockaddrInet6:
-		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+		return net.IP(append([]byte(nil), a.Addr[:]...)), a.Port
 	}
-	return ""
+	return nil, 0
 }
 
-// heartbeat announces this server in Redis every Heartbeat period, with a
-// TTL of three periods, so proxies can discover it and others can tell it
-// is alive.
+// listenerOf tells which listener accepted c, from its local address.
+func (s *Server) listenerOf(c gnet.Conn) *listener {
+	sa, err := unix.Getsockname(c.Fd())
+	if err != nil {
+		return nil
+	}
+	ip, port := sockIP(sa)
+	var wild *listener
+	for _, l := range s.listeners {
+		if l.port != port {
+			continue
+		}
+		if l.ip.Equal(ip) {
+			return l
+		}
+		if l.anyAddr {
+			wild = l
+		}
+	}
+	return wild
+}
+
+func (s *Server) stopEngine(ctx context.Context) error {
+	if err := s.eng.Stop(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("server: stop engine: %w", err)
+	}
+	select {
+	case <-s.engDone:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("server: engine: %w", ctx.Err())
+	}
+}
+
+// handler is the engine's event handler: it dispatches each connection to
+// its kind (client session, WebSocket session, link).
+type handler struct {
+	gnet.BuiltinEventEngine
+	s *Server
+}
+
+func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
+	h.s.eng = eng
+	close(h.s.booted)
+	return gnet.None
+}
+
+func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
+	s := h.s
+	l := s.loops.Get(c.EventLoop())
+	if lk, ok := c.Context().(*link); ok { // dialed by this server
+		return s.openLink(lk, c, l)
+	}
+	if !s.started.Load() {
+		return codec.AppendError(nil, string(codec.ErrShuttingDown), nil), gnet.Close
+	}
+	lst := s.listenerOf(c)
+	if lst == nil {
+		s.log.Error("connection on an unknown listener", "remote", c.RemoteAddr())
+		return nil, gnet.Close
+	}
+	switch lst.kind {
+	case "peer":
+		if s.closing.Load() {
+			return nil, gnet.Close
+		}
+		return s.openLink(&link{}, c, l)
+	default:
+		return s.openSession(c, l)
+	}
+}
+
+func (h *handler) OnTraffic(c gnet.Conn) gnet.Action {
+	s := h.s
+	var act gnet.Action
+	switch x := c.Context().(type) {
+	case *session:
+		act = s.serveClient(x.Loop, x)
+		x.Loop.Flush()
+	case *link:
+		act = s.serveLink(x.Loop, x)
+		x.Loop.Flush()
+	default:
+		batch.Consume(c, c.InboundBuffered())
+	}
+	return act
+}
+
+func (h *handler) OnClose(c gnet.Conn, err error) gnet.Action {
+	switch x := c.Context().(type) {
+	case *session:
+		h.s.closeSession(x)
+	case *link:
+		h.s.closeLink(x, err)
+	}
+	return gnet.None
+}
+
+// heartbeat renews this server's heartbeat every period (TTL three
+// periods), so proxies and mesh peers find it and a second process with
+// the same id is refused; after a Redis outage it re-asserts the routes of
+// its sessions. If another process took the id over, it stops serving.
 func (s *Server) heartbeat() {
 	defer s.bg.Done()
 	t := time.NewTicker(s.opt.Heartbeat)
 	defer t.Stop()
 	failing := false
 	drops := s.opt.Router.Drops()
-	for {
+	for beat := uint64(1); ; beat++ {
 		ctx, cancel := context.WithTimeout(context.Background(), s.opt.RedisTimeout)
-		err := s.opt.Router.Heartbeat(ctx, s.opt.ID, s.peers.addr, 3*s.opt.Heartbeat)
+		err := s.opt.Router.Heartbeat(ctx, s.opt.ID, s.epochHex, beat, s.peerAddr, 3*s.opt.Heartbeat)
 		cancel()
 		switch {
+		case errors.Is(err, route.ErrIDLost):
+			s.log.Error("another process took this server's id over; stopping", "err", err)
+			s.stopOnItsOwn(err)
+			return
 		case err != nil && !failing:
 			s.stats.RedisErrors.Add(1)
 			s.log.Warn("heartbeat failed; retrying every period", "err", err)
@@ -266,6 +457,7 @@ func (s *Server) heartbeat() {
 			s.reassert()
 		}
 		failing = err != nil
+		s.redisOK.Store(err == nil)
 		select {
 		case <-s.stop:
 			return
@@ -274,12 +466,30 @@ func (s *Server) heartbeat() {
 	}
 }
 
+// stopOnItsOwn reports that the server stopped serving on its own.
+func (s *Server) stopOnItsOwn(err error) {
+	s.failOnce.Do(func() { s.failed <- err })
+}
+
+// Ready reports whether the server can do its job: started, not shutting
+// down, and the routing store answering its heartbeats. Cheap.
+func (s *Server) Ready() (bool, string) {
+	switch {
+	case !s.started.Load():
+		return false, "starting"
+	case s.closing.Load():
+		return false, "shutting down"
+	case !s.redisOK.Load():
+		return false, "routing store not answering"
+	}
+	return true, ""
+}
+
 // sweepIdle closes client connections silent for IdleTimeout.
 func (s *Server) sweepIdle() {
 	defer s.bg.Done()
 	t := time.NewTicker(max(s.opt.IdleTimeout/4, 10*time.Millisecond))
 	defer t.Stop()
-	msg := codec.AppendError(nil, string(errIdle), nil)
 	for {
 		select {
 		case <-s.stop:
@@ -290,9 +500,95 @@ func (s *Server) sweepIdle() {
 				if ss.lastActive.Load() < limit && !ss.Closed() && !ss.gone.Load() {
 					ss.lastActive.Store(now.UnixNano()) // once per timeout, not per tick
 					s.stats.IdleClosed.Add(1)
-					_ = ss.C.AsyncWrite(msg, func(c gnet.Conn, _ error) error { return c.Close() })
+					ss.Loop.Post(func() {
+						if !ss.Closed() {
+							ss.WriteNow(codec.AppendError(nil, string(codec.ErrIdle), nil), nil)
+							_ = ss.C.Close()
+						}
+					})
 				}
 			})
+		}
+	}
+}
+
+// watch asks the output watcher to follow ss (a mailbox page or a kicked
+// session's backlog on its way to the kernel).
+func (s *Server) watch(ss *session) { s.watching.Store(ss, struct{}{}) }
+
+// outputWatch is how often watched sessions are checked.
+const outputWatch = 10 * time.Millisecond
+
+// watchOutput checks watched sessions on their loops: gnet says nothing
+// when its buffer drains, so progress is polled, and only for them.
+func (s *Server) watchOutput() {
+	defer s.bg.Done()
+	t := time.NewTicker(outputWatch)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.watching.Range(func(k, _ any) bool {
+				ss := k.(*session)
+				ss.Loop.Post(func() { s.checkWatched(ss) })
+				return true
+			})
+		}
+	}
+}
+
+func (s *Server) checkWatched(ss *session) {
+	if ss.Closed() {
+		s.watching.Delete(ss)
+		return
+	}
+	ss.watchOutput()
+	if ss.kickAt != 0 {
+		if ss.C.OutboundBuffered() == 0 || time.Now().UnixNano()-ss.kickAt > int64(s.opt.KickFlush) {
+			_ = ss.C.Close()
+			return
+		}
+	}
+	if !ss.needsWatch() {
+		s.watching.Delete(ss)
+	}
+}
+
+// observeDrain reports a mailbox read's duration to monitoring.
+func (s *Server) observeDrain(d time.Duration) {
+	if s.DrainObserver != nil {
+		s.DrainObserver(d)
+	}
+}
+
+// sweepMailboxes trims expired chats from offline users' mailboxes, more
+// often than the TTL so that every drop is counted before a mailbox key
+// expires.
+func (s *Server) sweepMailboxes() {
+	defer s.bg.Done()
+	if !s.opt.mailboxOn() {
+		return
+	}
+	every := min(max(s.opt.MailboxTTL/4, time.Second), time.Hour)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			n, err := s.opt.Router.SweepMailboxes(ctx, s.opt.MailboxTTL)
+			cancel()
+			if n > 0 {
+				s.stats.MailboxExpired.Add(int64(n))
+				s.log.Info("stored chats dropped by retention", "chats", n, "mailbox_ttl", s.opt.MailboxTTL)
+			}
+			if err != nil {
+				s.log.Warn("mailbox sweep failed", "err", err)
+			}
 		}
 	}
 }
@@ -310,27 +606,92 @@ func (s *Server) reassert() {
 		return
 	}
 	s.log.Info("re-asserted routes after the Redis outage", "sessions", len(routes), "written", n)
+	if s.opt.PeerSecret == "" {
+		// Redis may have restarted empty: put back the secret running
+		// processes use, before a new process makes up another.
+		held, err := s.opt.Router.AssertClusterSecret(ctx, string(s.secret))
+		switch {
+		case err != nil:
+			s.log.Warn("could not re-assert the cluster secret", "err", err)
+		case held != string(s.secret):
+			s.log.Error("the cluster secret in Redis changed while Redis was away: processes started since cannot link with this one; restart them all, or give every process -peer-secret")
+		}
+	}
 }
 
-// Shutdown stops the server: it tells every session why, releases their
-// routes in bulk, stops both engines (closing every connection) and waits
-// for the background work, all bounded by ctx. Calling it again returns the
-// first call's result.
+// Shutdown stops the server without losing an acknowledged chat, each step
+// bounded by DrainTimeout and everything by ctx:
+//
+//  1. it refuses new connections and new chats ("server shutting down");
+//  2. it waits for the other servers to acknowledge what its streams
+//     carry, then gives up on the rest: never-sent chats are stored in
+//     their recipients' mailboxes, unconfirmed ones are errors to their
+//     senders (still connected);
+//  3. it tells every session why and closes it once its output is in the
+//     kernel; what is not goes back to the mailbox;
+//  4. it releases its routes and its id, says goodbye on its links, and
+//     stops the engine.
+//
+// Calling it again returns the first call's result.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutOnce.Do(func() { s.shutErr = s.shutdown(ctx) })
 	return s.shutErr
 }
 
 func (s *Server) shutdown(ctx context.Context) error {
+	if !s.started.Load() {
+		return nil
+	}
 	s.closing.Store(true)
-	close(s.stop)
 	var errs []error
+	step := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, s.opt.DrainTimeout) }
+
+	// 2. Streams.
+	sctx, cancel := step()
+	for !s.streamsEmpty() && sctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond) // poll: acks arrive on the loops
+	}
+	cancel()
+	for _, o := range s.out.all() {
+		if f, b := o.unacked(); f > 0 {
+			s.log.Warn("giving up on unacknowledged chats at shutdown", "server", o.dst, "frames", f, "bytes", b)
+		}
+		o.giveUp()
+	}
+	sctx, cancel = step()
+	s.redis.waitIdle(sctx)
+	cancel()
+
+	// 3. Sessions.
 	routes := s.reg.routes(s.opt.ID)
-	bye := codec.AppendError(nil, "server shutting down", nil)
+	bye := codec.AppendError(nil, string(codec.ErrShuttingDown), nil)
 	s.all.each(func(ss *session) {
 		ss.gone.Store(true)
-		_ = ss.C.AsyncWrite(bye, nil)
+		ss.Loop.Post(func() {
+			if ss.Closed() {
+				return
+			}
+			ss.WriteNow(bye, nil)
+			if ss.C.OutboundBuffered() == 0 {
+				_ = ss.C.Close()
+				return
+			}
+			ss.kickAt = time.Now().UnixNano()
+			s.watch(ss)
+		})
 	})
+	sctx, cancel = step()
+	for s.stats.Connections.Load() > 0 && sctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond) // poll: sessions close on their loops
+	}
+	cancel()
+	// Sessions still open past the wait are closed by the engine's stop;
+	// their output then goes back to the mailbox there.
+	sctx, cancel = step()
+	s.redis.waitIdle(sctx)
+	cancel()
+
+	// 4. Routes, id, links, engine.
 	if len(routes) > 0 {
 		n, err := s.opt.Router.ReleaseAll(ctx, routes)
 		if err != nil {
@@ -338,34 +699,21 @@ func (s *Server) shutdown(ctx context.Context) error {
 		}
 		s.log.Info("released routes", "routes", n, "sessions", len(routes))
 	}
-	// gnet's Stop polls every 500ms: stop both engines at once.
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, e := range []*engine{s.clients, s.peers} {
-		if e == nil {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var err error
-			if e2 := e.eng.Stop(ctx); e2 != nil && !errors.Is(e2, context.Canceled) {
-				err = fmt.Errorf("server: stop %s engine: %w", e.name, e2)
-			} else {
-				select {
-				case <-e.done:
-				case <-ctx.Done():
-					err = fmt.Errorf("server: %s engine: %w", e.name, ctx.Err())
-				}
-			}
-			if err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		}()
+	s.goodbye()
+	// Frames that arrive until the engine stops are still decided (stored:
+	// the routes are gone) and acknowledged.
+	sctx, cancel = step()
+	s.redis.waitIdle(sctx)
+	cancel()
+	rctx, rcancel := context.WithTimeout(ctx, s.opt.RedisTimeout)
+	if err := s.opt.Router.ReleaseID(rctx, s.opt.ID, s.epochHex); err != nil {
+		s.log.Warn("could not release the server id; a restart waits for it to expire", "err", err)
 	}
-	wg.Wait()
+	rcancel()
+	if err := s.stopEngine(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	close(s.stop)
 	done := make(chan struct{})
 	go func() { s.bg.Wait(); close(done) }()
 	select {
@@ -374,6 +722,103 @@ func (s *Server) shutdown(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("server: background work: %w", ctx.Err()))
 	}
 	return errors.Join(errs...)
+}
+
+func (s *Server) streamsEmpty() bool {
+	for _, o := range s.out.all() {
+		if f, _ := o.unacked(); f > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// release queues the deletion of name's route, if it still equals r, for
+// the release worker. It never blocks: when the queue is full the route is
+// left (counted and logged); it names this server, so chats to it are
+// stored, and the next start of this server clears it.
+func (s *Server) release(name string, r route.Route) {
+	select {
+	case s.releases <- releaseReq{name: name, r: r}:
+	default:
+		s.stats.ReleaseOverflow.Add(1)
+		if s.stats.ReleaseOverflow.Load()%1000 == 1 {
+			s.log.Warn("release queue full: leaving routes for the next start to clear", "queue", cap(s.releases), "total", s.stats.ReleaseOverflow.Load())
+		}
+	}
+}
+
+// releaseNow deletes name's route if it still equals r (on the Redis
+// worker, after chats were put back).
+func (s *Server) releaseNow(ctx context.Context, name string, r route.Route) {
+	if _, err := s.opt.Router.Release(ctx, name, r); err != nil {
+		s.stats.RedisErrors.Add(1)
+		s.log.Warn("could not release a route; the next start clears it", "user", name, "err", err)
+	}
+}
+
+// releaseReq is one queued route release.
+type releaseReq struct {
+	name string
+	r    route.Route
+}
+
+// releaseWorker deletes queued routes in pipelined batches of up to
+// releaseBatch, so that thousands of sessions closing at once cost a few
+// round trips, not thousands of concurrent ones.
+func (s *Server) releaseWorker() {
+	defer s.bg.Done()
+	batch := make(map[string]route.Route, releaseBatch)
+	for {
+		select {
+		case <-s.stop:
+			for {
+				select {
+				case req := <-s.releases:
+					batch[req.name] = req.r
+					if len(batch) < releaseBatch {
+						continue
+					}
+					if !s.releaseBatch(batch) {
+						s.log.Warn("leaving queued routes for the next start to clear", "routes", len(s.releases))
+						return
+					}
+				default:
+					s.releaseBatch(batch)
+					return
+				}
+			}
+		case req := <-s.releases:
+			batch[req.name] = req.r // a later release of a name supersedes
+		drain:
+			for len(batch) < releaseBatch {
+				select {
+				case req := <-s.releases:
+					batch[req.name] = req.r
+				default:
+					break drain
+				}
+			}
+			s.releaseBatch(batch)
+		}
+	}
+}
+
+// releaseBatch deletes batch's routes (where unchanged) and empties it; it
+// reports whether Redis answered.
+func (s *Server) releaseBatch(batch map[string]route.Route) bool {
+	if len(batch) == 0 {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.opt.RedisTimeout)
+	defer cancel()
+	_, err := s.opt.Router.ReleaseAll(ctx, batch)
+	if err != nil {
+		s.stats.RedisErrors.Add(1)
+		s.log.Warn("could not release routes", "routes", len(batch), "err", err)
+	}
+	clear(batch)
+	return err == nil
 }
 
 // deriveMaxConns returns the open-file limit minus the descriptors in use
@@ -397,17 +842,4 @@ func newToken() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-// booted wraps an event handler so that OnBoot also records the engine.
-type booted struct {
-	gnet.EventHandler
-	hook *bootHook
-}
-
-func withBoot(h gnet.EventHandler, hook *bootHook) gnet.EventHandler { return booted{h, hook} }
-
-func (b booted) OnBoot(eng gnet.Engine) gnet.Action {
-	b.hook.boot(eng)
-	return b.EventHandler.OnBoot(eng)
 }

@@ -29,7 +29,7 @@ func main() {
 		prefix     = fs.String("redis-prefix", route.DefaultPrefix, "prefix of every Redis key")
 		multicore  = fs.Bool("multicore", false, "one event loop per CPU core (default one loop)")
 		loops      = fs.Int("loops", 0, "number of event loops; 0 = decided by -multicore")
-		secret     = fs.String("peer-secret", "", "secret presented to servers started with -peer-secret")
+		secret     = fs.String("peer-secret", "", "secret every link must prove it knows (also $RELAYCHAT_PEER_SECRET); default: the cluster secret kept in Redis")
 		maxLinkOut = fs.Int("max-link-outbound", 64<<20, "bytes queued to one server before chats for it are bounced")
 		linkTO     = fs.Duration("link-timeout", 5*time.Second, "close a link silent for this long")
 		logLevel   = fs.String("log-level", "info", "debug, info, warn or error")
@@ -51,6 +51,24 @@ func main() {
 	if _, err := cli.RaiseNoFile(); err != nil {
 		log.Warn("could not raise the open-file limit", "err", err)
 	}
+	if *secret == "" {
+		*secret = os.Getenv("RELAYCHAT_PEER_SECRET")
+	}
+	var store *route.Store
+	if len(static) == 0 || *secret == "" {
+		store, err = route.New(route.Options{Addrs: cli.SplitList(*redisAddr), Prefix: *prefix, DisableCache: true})
+		if err != nil {
+			cli.Fatal(prog, err, 1)
+		}
+		defer store.Close()
+	}
+	if *secret == "" {
+		v, err := readSecret(store)
+		if err != nil {
+			cli.Fatal(prog, fmt.Errorf("cannot read the cluster's link secret from Redis %s (give -peer-secret, or make Redis reachable): %w", *redisAddr, err), 1)
+		}
+		*secret = v
+	}
 	o := proxy.Options{
 		ID:              *id,
 		Servers:         static,
@@ -62,12 +80,17 @@ func main() {
 		Logger:          log,
 	}
 	if len(static) == 0 {
-		store, err := route.New(route.Options{Addrs: cli.SplitList(*redisAddr), Prefix: *prefix, DisableCache: true})
-		if err != nil {
-			cli.Fatal(prog, err, 1)
+		o.Discover = func(ctx context.Context) (map[string]string, error) {
+			m, err := store.Servers(ctx)
+			if err != nil {
+				return nil, err
+			}
+			out := make(map[string]string, len(m))
+			for id, info := range m {
+				out[id] = info.Addr
+			}
+			return out, nil
 		}
-		defer store.Close()
-		o.Discover = store.Servers
 		log.Info("discovering servers through Redis heartbeats", "redis", *redisAddr, "prefix", *prefix)
 	}
 	p, err := proxy.New(o)
@@ -82,13 +105,28 @@ func main() {
 	<-ctx.Done()
 	stop()
 	log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := p.Shutdown(sctx); err != nil {
 		log.Error("shutdown", "err", err)
 		os.Exit(1)
 	}
 	log.Info("stopped", "stats", fmt.Sprint(p.Stats().Snapshot()))
+}
+
+// readSecret reads the cluster secret, retrying for a few seconds while
+// Redis comes up.
+func readSecret(store *route.Store) (string, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		v, err := store.ClusterSecret(ctx)
+		cancel()
+		if err == nil || time.Now().After(deadline) {
+			return v, err
+		}
+		time.Sleep(200 * time.Millisecond) // retry interval
+	}
 }
 
 // parseServers reads "id=host:port,...".

@@ -27,7 +27,11 @@ func main() {
 	var (
 		id          = fs.String("id", "", "unique server id (letters, digits, '-', '_', '.'); default \"s\" + the -listen port")
 		listen      = fs.String("listen", ":9501", "client address; port 0 picks a free port (logged at start)")
-		peerListen  = fs.String("peer-listen", "127.0.0.1:9601", "address the forwarding tier connects to; keep it off the public network")
+		peerListen  = fs.String("peer-listen", "127.0.0.1:9601", "address proxies and (in mesh mode) other servers connect to; keep it off the public network")
+		peerAdv     = fs.String("peer-advertise", "", "peer address other processes should dial (default: the bound -peer-listen address); set it when deploying over several hosts")
+		topology    = fs.String("topology", "proxy", "proxy: cross-server chats go through forwarding proxies; mesh: servers also link directly to each other")
+		mailboxMax  = fs.Int("mailbox-max", 1000, "stored chats per offline user; 0 turns the mailbox off")
+		mailboxTTL  = fs.Duration("mailbox-ttl", 168*time.Hour, "how long a stored chat is kept")
 		redisAddr   = fs.String("redis", route.DefaultAddr, "Redis address, or a comma list for Redis Cluster")
 		prefix      = fs.String("redis-prefix", route.DefaultPrefix, "prefix of every Redis key")
 		multicore   = fs.Bool("multicore", false, "one event loop per CPU core (default one loop)")
@@ -35,8 +39,8 @@ func main() {
 		maxLine     = fs.Int("max-line", codec.DefaultMaxLine, fmt.Sprintf("longest request line in bytes (64..%d); longer lines close the connection", codec.MaxClientLine))
 		maxOut      = fs.Int("max-outbound", 4<<20, "bytes queued to one client before it is disconnected as a slow consumer")
 		maxLinkOut  = fs.Int("max-link-outbound", 64<<20, "bytes queued to a proxy link before chats needing it are refused")
-		holdBytes   = fs.Int("hold-bytes", 8<<20, "bytes of chats held per destination server while no proxy reaches it; -1 = refuse at once")
-		holdAge     = fs.Duration("hold-age", 5*time.Second, "how long a held chat waits for a proxy before its sender gets an error")
+		holdBytes   = fs.Int("hold-bytes", 8<<20, "bytes of chats sent to one server and not yet acknowledged (held while no path reaches it); past it new chats for it are refused; -1 = hold nothing: refuse at once while no path reaches it")
+		holdAge     = fs.Duration("hold-age", 5*time.Second, "how long a chat may wait unacknowledged; then it is stored for its recipient (never sent) or its sender gets an error (sent, unconfirmed)")
 		maxPending  = fs.Int("max-pending", 1<<20, "bytes a client may send while one of its requests waits on Redis")
 		maxInflight = fs.Int("max-inflight", 4096, "concurrent Redis operations for logins and cache misses")
 		redisTO     = fs.Duration("redis-timeout", 2*time.Second, "timeout of one Redis operation")
@@ -49,8 +53,8 @@ func main() {
 		authSecret  = fs.String("auth-secret", "", "require a login token signed with this secret (also $RELAYCHAT_AUTH_SECRET)")
 		mintToken   = fs.String("mint-token", "", "print a login token for this name (signed with -auth-secret, valid for -token-ttl) and exit")
 		tokenTTL    = fs.Duration("token-ttl", 24*time.Hour, "validity of a token printed by -mint-token")
-		peerSecret  = fs.String("peer-secret", "", "secret every proxy link must present in its hello")
-		linkTO      = fs.Duration("link-timeout", 5*time.Second, "close a proxy link silent for this long")
+		peerSecret  = fs.String("peer-secret", "", "secret every link must prove it knows (also $RELAYCHAT_PEER_SECRET); default: the cluster secret kept in Redis")
+		linkTO      = fs.Duration("link-timeout", 5*time.Second, "close a link silent this long, or that has not finished its hello in this time")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
 		pprofAddr   = fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 	)
@@ -64,6 +68,16 @@ func main() {
 	}
 	if *authSecret == "" {
 		*authSecret = os.Getenv("RELAYCHAT_AUTH_SECRET")
+	}
+	if *peerSecret == "" {
+		*peerSecret = os.Getenv("RELAYCHAT_PEER_SECRET")
+	}
+	mbox := *mailboxMax
+	switch {
+	case mbox == 0:
+		mbox = -1 // off
+	case mbox < 0:
+		cli.Fatal(prog, fmt.Errorf("-mailbox-max %d: want 0 (off) or more", mbox), 2)
 	}
 	if *mintToken != "" {
 		if *authSecret == "" {
@@ -103,6 +117,10 @@ func main() {
 		ID:              *id,
 		Listen:          *listen,
 		PeerListen:      *peerListen,
+		PeerAdvertise:   *peerAdv,
+		Topology:        *topology,
+		MailboxMax:      mbox,
+		MailboxTTL:      *mailboxTTL,
 		Router:          store,
 		Multicore:       *multicore,
 		Loops:           *loops,
@@ -131,17 +149,26 @@ func main() {
 	if err := srv.Start(); err != nil {
 		cli.Fatal(prog, err, 1)
 	}
-	log.Info("server ready", "id", *id, "client", srv.ClientAddr(), "peer", srv.PeerAddr(), "redis", *redisAddr)
-	<-ctx.Done()
+	log.Info("server ready", "id", *id, "client", srv.ClientAddr(), "peer", srv.PeerAddr(), "redis", *redisAddr, "topology", *topology)
+	failed := false
+	select {
+	case <-ctx.Done():
+	case err := <-srv.Done():
+		log.Error("server stopped on its own", "err", err)
+		failed = true
+	}
 	stop()
 	log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Error("shutdown", "err", err)
 		os.Exit(1)
 	}
 	log.Info("stopped", "stats", fmt.Sprint(srv.Stats().Snapshot()))
+	if failed {
+		os.Exit(1)
+	}
 }
 
 // secretBytes returns nil for an empty secret (no authentication).

@@ -1,58 +1,109 @@
-// Package batch gathers the output one gnet event-loop callback produces and
-// writes it once per destination when the callback ends: one write(2) per
-// destination per callback instead of one per message, and one AsyncWrite per
-// destination on another loop. The server and the proxy both use it.
+// Package batch gathers the output an event-loop callback produces and
+// hands it over with as few system calls and wake-ups as possible: each
+// destination connection gets one write per callback, and each other event
+// loop gets one hand-over per callback (not one per destination
+// connection), through an inbox that also carries tasks in the same order.
+//
+// Order: everything one loop posts to another loop (writes and tasks) runs
+// there in the order it was posted. gnet's own task queues can run a newer
+// task before an older one once they are long, so cross-loop work goes
+// through the inbox only, never through gnet's AsyncWrite.
 package batch
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 
 	"github.com/panjf2000/gnet/v2"
 )
 
-// Endpoint is a connection that loops write to: a client session or a link.
-// C and Loop are set before the Endpoint is published and never change.
+// Mark tells the hooks where one tracked item (a chat) sits in a written
+// buffer, and of what kind it is.
+type Mark struct {
+	Start, End int32
+	Kind       uint8
+}
+
+// Hooks, when an Endpoint has them, follow its tracked output. Both run on
+// the endpoint's own loop.
+type Hooks interface {
+	// Written is called after buf was handed to the connection (its bytes
+	// are in the kernel or in gnet's outbound buffer). buf and marks are
+	// only valid during the call.
+	Written(buf []byte, marks []Mark)
+	// Lost is called instead when the connection was closed before buf
+	// could be written.
+	Lost(buf []byte, marks []Mark)
+}
+
+// Endpoint is a destination connection. C and Loop are set before the
+// endpoint is published to other loops and never change.
 type Endpoint struct {
 	C    gnet.Conn
 	Loop *Loop // the loop that owns C
-	// MaxOut caps C.OutboundBuffered(), checked on C's loop after each write;
-	// OnSlow runs once, on C's loop, when it is exceeded. 0 means no cap.
+	// MaxOut, when > 0, is the outbound backlog (bytes in gnet's buffer)
+	// past which OnSlow is called once, on the owning loop.
 	MaxOut int
 	OnSlow func()
-	// OnLost, when set, is told how many gathered bytes could not be
-	// handed to C because it had closed. It may run on any loop.
-	OnLost func(bytes int)
+	// Hooks, when not nil, is told of every write (see Hooks).
+	Hooks Hooks
+	// Frame, when not nil, turns a buffer of newline-terminated lines into
+	// the bytes to write (e.g. one WebSocket frame per line), moving the
+	// marks along; it runs on the owning loop just before the write.
+	Frame func(dst, lines []byte, marks []Mark) ([]byte, []Mark)
 
-	co *Coalescer // set by NewCoalescer before e is published
-
-	closed atomic.Bool
-	slow   atomic.Bool
-	// pending is C.OutboundBuffered() as last seen on C's loop, for other
-	// goroutines deciding whether to queue more (backpressure).
+	closed  atomic.Bool
+	slow    atomic.Bool
 	pending atomic.Int64
+	framed  []byte // Frame's output buffer, owning loop only
 }
 
-// MarkClosed records, on C's loop in OnClose, that C is gone: flushes skip
-// it from then on. (AsyncWrite is safe on a closed conn, but a plain Write
-// after OnClose would reach whatever socket reuses the fd.)
+// MarkClosed records that the connection is closed (call it in OnClose).
+// Later writes go to Hooks.Lost.
 func (e *Endpoint) MarkClosed() { e.closed.Store(true) }
 
-// Closed reports whether MarkClosed was called.
+// Closed reports whether MarkClosed was called. Safe from any goroutine.
 func (e *Endpoint) Closed() bool { return e.closed.Load() }
 
-// Pending returns the bytes waiting in C's outbound buffer as last observed
-// on its loop, plus what its Coalescer holds; any goroutine may call it.
-func (e *Endpoint) Pending() int64 {
-	n := e.pending.Load()
-	if e.co != nil {
-		n += int64(e.co.Buffered())
+// Pending returns the outbound backlog seen after the last write, in
+// bytes. Safe from any goroutine.
+func (e *Endpoint) Pending() int64 { return e.pending.Load() }
+
+// WriteNow writes buf to the connection at once, with its tracked items:
+// the same path as a flushed buffer. Owning loop only; buf may be reused
+// afterwards.
+func (e *Endpoint) WriteNow(buf []byte, marks []Mark) { e.write(buf, marks) }
+
+// write hands buf to the connection on its own loop.
+func (e *Endpoint) write(buf []byte, marks []Mark) {
+	if e.closed.Load() {
+		if e.Hooks != nil {
+			e.Hooks.Lost(buf, marks)
+		}
+		return
 	}
-	return n
+	if e.Frame != nil {
+		e.framed, marks = e.Frame(e.framed[:0], buf, marks)
+		buf = e.framed
+	}
+	_, _ = e.C.Write(buf) // gnet copies what the socket does not take at once
+	if e.closed.Load() {
+		// The write failed and gnet closed the connection inside Write
+		// (OnClose has run): nothing of buf went out.
+		if e.Hooks != nil {
+			e.Hooks.Lost(buf, marks)
+		}
+		return
+	}
+	if e.Hooks != nil {
+		e.Hooks.Written(buf, marks)
+	}
+	e.CheckOutbound()
 }
 
-// CheckOutbound records C's outbound backlog and calls OnSlow once past
-// MaxOut. It must run on C's loop; the flush calls it after every write.
+// CheckOutbound refreshes Pending and calls OnSlow once when the backlog
+// is over MaxOut. Owning loop only.
 func (e *Endpoint) CheckOutbound() {
 	if e.closed.Load() {
 		return
@@ -64,100 +115,47 @@ func (e *Endpoint) CheckOutbound() {
 	}
 }
 
-// Loop is one event loop's output gatherer. Only that loop touches it.
-// Bytes for one destination keep the order they were added in, and
-// destinations on other loops receive one loop's flushes in order, since
-// gnet runs a loop's AsyncWrites in FIFO order.
+// Loop is the batching state of one gnet event loop. The gathering methods
+// (Out, OutMarked, Append, Flush) run on that loop only; Post and the
+// inbox are safe from anywhere.
 type Loop struct {
+	el gnet.EventLoop
+
 	index   map[*Endpoint]int
 	targets []*Endpoint
 	bufs    [][]byte
-	// Scratch is free space for the loop's own encoding; it is never
-	// written anywhere by Flush.
+	marks   [][]Mark
+	// Scratch is a buffer for building lines on this loop.
 	Scratch []byte
+
+	// byLoop groups this callback's hand-overs per destination loop.
+	byLoop map[*Loop][]item
+
+	mu        sync.Mutex
+	inbox     []item
+	scheduled bool
+	spare     []item
+	drainer   drainTask
 }
 
-// NewLoop returns an empty gatherer.
-func NewLoop() *Loop { return &Loop{index: make(map[*Endpoint]int)} }
+// item is one hand-over: a write for an endpoint, or a task.
+type item struct {
+	e     *Endpoint
+	buf   []byte
+	marks []Mark
+	fn    func()
+}
+
+// NewLoop returns the batching state for el.
+func NewLoop(el gnet.EventLoop) *Loop {
+	l := &Loop{el: el, index: make(map[*Endpoint]int), byLoop: make(map[*Loop][]item)}
+	l.drainer.l = l
+	return l
+}
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// Out returns the buffer collecting bytes for e in this callback; append to
-// it in place.
-func (l *Loop) Out(e *Endpoint) *[]byte {
-	if i, ok := l.index[e]; ok {
-		return &l.bufs[i]
-	}
-	i := len(l.targets)
-	l.index[e] = i
-	l.targets = append(l.targets, e)
-	if i < len(l.bufs) {
-		if l.bufs[i] == nil {
-			l.bufs[i] = (*bufPool.Get().(*[]byte))[:0]
-		}
-	} else {
-		l.bufs = append(l.bufs, (*bufPool.Get().(*[]byte))[:0])
-	}
-	return &l.bufs[i]
-}
-
-// Append adds b to what e receives at the next Flush.
-func (l *Loop) Append(e *Endpoint, b []byte) {
-	p := l.Out(e)
-	*p = append(*p, b...)
-}
-
-// Flush writes everything gathered since the last Flush. Destinations on
-// this loop get a direct Write; others their Coalescer if they have one,
-// else an AsyncWrite that takes the buffer over and returns it to the pool
-// once written.
-func (l *Loop) Flush() {
-	for i, e := range l.targets {
-		buf := l.bufs[i]
-		l.targets[i] = nil
-		if len(buf) == 0 {
-			continue
-		}
-		if e.Loop == l {
-			if e.closed.Load() {
-				e.lost(len(buf))
-			} else {
-				_, _ = e.C.Write(buf)
-				e.CheckOutbound()
-			}
-			l.bufs[i] = buf[:0]
-			continue
-		}
-		if e.co != nil {
-			e.co.Append(buf)
-			l.bufs[i] = buf[:0]
-			continue
-		}
-		l.bufs[i] = nil
-		if e.closed.Load() {
-			e.lost(len(buf))
-			putBuf(buf)
-			continue
-		}
-		_ = e.C.AsyncWrite(buf, func(c gnet.Conn, err error) error {
-			if err == nil {
-				e.CheckOutbound()
-			} else {
-				e.lost(len(buf))
-			}
-			putBuf(buf)
-			return nil
-		})
-	}
-	l.targets = l.targets[:0]
-	clear(l.index)
-}
-
-func (e *Endpoint) lost(n int) {
-	if e.OnLost != nil {
-		e.OnLost(n)
-	}
-}
+func getBuf() []byte { return (*bufPool.Get().(*[]byte))[:0] }
 
 func putBuf(b []byte) {
 	if cap(b) > 1<<20 {
@@ -167,22 +165,176 @@ func putBuf(b []byte) {
 	bufPool.Put(&b)
 }
 
-// Loops maps gnet event loops to their gatherers. A loop's gatherer is
-// created on first use, on that loop.
+// Out returns the buffer gathering this callback's output for e.
+func (l *Loop) Out(e *Endpoint) *[]byte {
+	return &l.bufs[l.slot(e)]
+}
+
+func (l *Loop) slot(e *Endpoint) int {
+	if i, ok := l.index[e]; ok {
+		return i
+	}
+	i := len(l.targets)
+	l.index[e] = i
+	l.targets = append(l.targets, e)
+	if i < len(l.bufs) {
+		if l.bufs[i] == nil {
+			l.bufs[i] = getBuf()
+		}
+	} else {
+		l.bufs = append(l.bufs, getBuf())
+		l.marks = append(l.marks, nil)
+	}
+	return i
+}
+
+// OutMarked appends what add appends to e's buffer and records it as one
+// tracked item of the given kind.
+func (l *Loop) OutMarked(e *Endpoint, kind uint8, add func([]byte) []byte) {
+	i := l.slot(e)
+	start := len(l.bufs[i])
+	l.bufs[i] = add(l.bufs[i])
+	l.marks[i] = append(l.marks[i], Mark{Start: int32(start), End: int32(len(l.bufs[i])), Kind: kind})
+}
+
+// Append appends b to e's buffer.
+func (l *Loop) Append(e *Endpoint, b []byte) {
+	p := l.Out(e)
+	*p = append(*p, b...)
+}
+
+// Flush writes what this callback gathered: at once for connections on
+// this loop, and as one hand-over per other loop for the rest.
+func (l *Loop) Flush() {
+	for i, e := range l.targets {
+		buf, marks := l.bufs[i], l.marks[i]
+		l.targets[i] = nil
+		if len(buf) == 0 {
+			l.marks[i] = marks[:0]
+			continue
+		}
+		if e.Loop == l {
+			e.write(buf, marks)
+			l.bufs[i], l.marks[i] = buf[:0], marks[:0]
+			continue
+		}
+		var m []Mark
+		if len(marks) > 0 {
+			m = append([]Mark(nil), marks...)
+		}
+		l.byLoop[e.Loop] = append(l.byLoop[e.Loop], item{e: e, buf: buf, marks: m})
+		l.bufs[i], l.marks[i] = nil, marks[:0]
+	}
+	l.targets = l.targets[:0]
+	clear(l.index)
+	for dst, items := range l.byLoop {
+		dst.receive(items...)
+		clear(items)
+		l.byLoop[dst] = items[:0]
+	}
+}
+
+// Post runs fn on l's event loop, after everything posted to l before it.
+// Safe from any goroutine.
+func (l *Loop) Post(fn func()) { l.receive(item{fn: fn}) }
+
+// Send writes buf to e from any goroutine, on e's loop, in order with
+// everything else posted there. It takes ownership of buf.
+func Send(e *Endpoint, buf []byte, marks []Mark) { e.Loop.receive(item{e: e, buf: buf, marks: marks}) }
+
+func (l *Loop) receive(items ...item) {
+	l.mu.Lock()
+	l.inbox = append(l.inbox, items...)
+	schedule := !l.scheduled
+	l.scheduled = true
+	l.mu.Unlock()
+	if !schedule {
+		return
+	}
+	if err := l.el.Execute(context.Background(), &l.drainer); err != nil {
+		// The engine is shutting down: run the hand-overs here, where a
+		// closed endpoint reports its loss.
+		l.drain()
+	}
+}
+
+type drainTask struct{ l *Loop }
+
+func (d *drainTask) Run(context.Context) error { d.l.drain(); return nil }
+
+// drain runs the inbox on the loop. Between two tasks, the writes for one
+// endpoint are joined into one write (in the order they were posted), so a
+// busy link gets one write per wake-up, not one per posting loop.
+func (l *Loop) drain() {
+	l.mu.Lock()
+	items := l.inbox
+	l.inbox = l.spare[:0]
+	l.scheduled = false
+	l.mu.Unlock()
+	for i := 0; i < len(items); {
+		if items[i].fn != nil {
+			items[i].fn()
+			items[i] = item{}
+			i++
+			continue
+		}
+		j := i
+		for j < len(items) && items[j].fn == nil {
+			j++
+		}
+		l.writeRun(items[i:j])
+		clear(items[i:j])
+		i = j
+	}
+	l.spare = items[:0]
+}
+
+// writeRun writes a run of write items, joining those for one endpoint.
+func (l *Loop) writeRun(run []item) {
+	if len(run) == 1 {
+		run[0].e.write(run[0].buf, run[0].marks)
+		putBuf(run[0].buf)
+		return
+	}
+	for i := range run {
+		first := &run[i]
+		if first.e == nil {
+			continue
+		}
+		buf, marks := first.buf, first.marks
+		for k := i + 1; k < len(run); k++ {
+			it := &run[k]
+			if it.e != first.e {
+				continue
+			}
+			off := int32(len(buf))
+			for _, m := range it.marks {
+				marks = append(marks, Mark{Start: m.Start + off, End: m.End + off, Kind: m.Kind})
+			}
+			buf = append(buf, it.buf...)
+			putBuf(it.buf)
+			*it = item{}
+		}
+		first.e.write(buf, marks)
+		putBuf(buf)
+		*first = item{}
+	}
+}
+
+// Loops maps gnet event loops to their batching state.
 type Loops struct{ m sync.Map }
 
-// Get returns the gatherer of loop.
-func (ls *Loops) Get(loop gnet.EventLoop) *Loop {
-	if v, ok := ls.m.Load(loop); ok {
+// Get returns the state of el, creating it on first use.
+func (ls *Loops) Get(el gnet.EventLoop) *Loop {
+	if v, ok := ls.m.Load(el); ok {
 		return v.(*Loop)
 	}
-	v, _ := ls.m.LoadOrStore(loop, NewLoop())
+	v, _ := ls.m.LoadOrStore(el, NewLoop(el))
 	return v.(*Loop)
 }
 
-// Consume drops the first n bytes of c's inbound buffer, after the caller
-// has handled them. n == 0 does nothing: gnet's own Discard(n <= 0) empties
-// the whole buffer, which would throw away a line still arriving.
+// Consume discards n bytes of c's inbound buffer. It is the one place that
+// knows gnet's Discard(n <= 0) empties the whole buffer.
 func Consume(c gnet.Conn, n int) {
 	if n > 0 {
 		_, _ = c.Discard(n)

@@ -1,0 +1,607 @@
+package server
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/relaychat/relaychat/codec"
+	"github.com/relaychat/relaychat/internal/batch"
+	"github.com/relaychat/relaychat/route"
+)
+
+// Reliable streams, sending side.
+//
+// Everything this server sends to server X (chats, errors for X's users,
+// kicks, kick-done notices) is one stream: each frame gets the next
+// sequence number and stays in the stream's buffer, in order, until X
+// acknowledges it. The buffer is also what is written to the link: a flush
+// task on the link's loop writes everything appended since its last run in
+// one write. When the path changes (a link goes, a better one comes, X
+// stops acknowledging for ResendAfter and another path exists), the whole
+// unacknowledged tail is written again on the new path, after a skip line
+// saying where it starts; X drops what it already has. So a pair's chats
+// are never reordered or duplicated, whatever proxies come and go.
+//
+// Bounds: MaxHoldBytes of unacknowledged frames per destination (new chats
+// are refused past it), and MaxHoldAge per frame: an older frame that was
+// never transmitted is decided again (stored in the mailbox, since its
+// recipient's server is out of reach); one that was transmitted but not
+// acknowledged may or may not have arrived, and its sender is told so.
+//
+// X restarting (a new epoch, learned from a hello or a reach line) ends
+// X's old run: frames transmitted to it and unacknowledged are unconfirmed
+// (errors to their senders); the others are addressed to the new run.
+
+// outStreams holds one stream per destination server.
+type outStreams struct {
+	s  *Server
+	mu sync.RWMutex
+	m  map[string]*outStream
+	// nextID makes stream ids unique within this run: epoch + n.
+	nextID atomic.Uint64
+}
+
+func newOutStreams(s *Server) *outStreams {
+	o := &outStreams{s: s, m: make(map[string]*outStream)}
+	o.nextID.Store(s.epoch)
+	return o
+}
+
+// get returns the stream to dst, creating it (with its best path) if need be.
+func (os *outStreams) get(dst string) *outStream {
+	os.mu.RLock()
+	o := os.m[dst]
+	os.mu.RUnlock()
+	if o != nil {
+		return o
+	}
+	os.mu.Lock()
+	if o = os.m[dst]; o == nil {
+		o = &outStream{s: os.s, dst: dst, dstB: []byte(dst), id: os.nextID.Add(1), next: 1}
+		os.m[dst] = o
+	}
+	os.mu.Unlock()
+	o.repath()
+	return o
+}
+
+// all returns every stream.
+func (os *outStreams) all() []*outStream {
+	os.mu.RLock()
+	defer os.mu.RUnlock()
+	out := make([]*outStream, 0, len(os.m))
+	for _, o := range os.m {
+		out = append(out, o)
+	}
+	return out
+}
+
+// find returns the stream to dst, or nil.
+func (os *outStreams) find(dst string) *outStream {
+	os.mu.RLock()
+	defer os.mu.RUnlock()
+	return os.m[dst]
+}
+
+// outStream is the stream to one destination server.
+type outStream struct {
+	s    *Server
+	dst  string
+	dstB []byte
+	id   uint64
+
+	mu       sync.Mutex
+	dstEpoch uint64 // the run of dst frames are addressed to; 0 until known
+	next     uint64 // seq of the next frame
+	buf      []byte // frames from buf[head:], oldest first; bytes are never changed once appended
+	head     int
+	frames   []outFrame // metadata, from frames[fh:]
+	fh       int
+	sent     int       // buf offset up to which the current path has been written
+	path     *link     // nil: held
+	flushing bool      // a flush task is posted
+	progress time.Time // last ack that moved, or last path change
+}
+
+// outFrame is the metadata of one unacknowledged frame.
+type outFrame struct {
+	seq  uint64
+	end  int   // buf offset just past its "\n"
+	at   int64 // unix nanos it was pushed
+	ts   int64 // chats: receive time, unix ms
+	kind byte
+	// sentOn is the path the frame was written to (the current run of dst
+	// may have it), nil if none, or manyPaths; a nak from a proxy clears
+	// it if that proxy was the only path.
+	sentOn *link
+	from   *session // chats: the sender, when on this server
+}
+
+// outMeta is what push records about a frame.
+type outMeta struct {
+	from       *session
+	send, recv string
+	id         []byte
+	ts         int64
+}
+
+// push appends a frame to the stream: f's routing fields are filled in
+// here, payload appends its payload. It fails with the error for the
+// sender when the stream is at its byte bound.
+func (o *outStream) push(f *codec.Frame, payload func([]byte) []byte, m outMeta) error {
+	o.mu.Lock()
+	if o.path == nil && o.s.opt.noHold && f.Kind == codec.KindMsg {
+		o.mu.Unlock()
+		return codec.ErrNoForwarding
+	}
+	f.Dst, f.DstEpoch, f.Src, f.Stream, f.Seq = o.dstB, o.dstEpoch, o.s.idB, o.id, o.next
+	start := len(o.buf)
+	o.buf = codec.AppendFrameHead(o.buf, f)
+	o.buf = payload(o.buf)
+	o.buf = append(o.buf, '\n')
+	if len(o.buf)-o.head > o.s.opt.MaxHoldBytes && o.fh < len(o.frames) {
+		o.buf = o.buf[:start] // bytes past len are never sent
+		held := o.path == nil
+		o.mu.Unlock()
+		if held {
+			return codec.ErrNoForwarding
+		}
+		return codec.ErrCongested
+	}
+	o.next++
+	o.frames = append(o.frames, outFrame{seq: f.Seq, end: len(o.buf), at: time.Now().UnixNano(), ts: m.ts, kind: f.Kind, from: m.from})
+	lk := o.schedule()
+	o.mu.Unlock()
+	if lk != nil {
+		lk.Loop.Post(func() { o.flush(lk) })
+	}
+	return nil
+}
+
+// schedule returns the path to post a flush to, if one is needed; o.mu held.
+func (o *outStream) schedule() *link {
+	if o.path == nil || o.flushing || o.sent == len(o.buf) {
+		return nil
+	}
+	o.flushing = true
+	return o.path
+}
+
+// flush writes what the path has not had yet, on lk's loop. Nothing is
+// written under o.mu: a failing write closes the link at once, and its
+// OnClose re-paths this stream.
+func (o *outStream) flush(lk *link) {
+	o.mu.Lock()
+	o.flushing = false
+	if o.path != lk || lk.Closed() || o.sent == len(o.buf) {
+		o.mu.Unlock()
+		return
+	}
+	if lk.Pending() > int64(o.s.opt.MaxLinkOutbound) {
+		o.mu.Unlock() // the ticker tries again once the link drains
+		return
+	}
+	var skip []byte
+	if o.sent == o.head && o.fh < len(o.frames) {
+		skip = codec.AppendSkipFrame(nil, o.dst, o.dstEpoch, o.s.opt.ID, o.id, o.frames[o.fh].seq)
+	}
+	data := o.buf[o.sent:]
+	for i := len(o.frames) - 1; i >= o.fh && o.frames[i].end > o.sent; i-- {
+		switch fr := &o.frames[i]; fr.sentOn {
+		case nil:
+			fr.sentOn = lk
+		case lk:
+		default:
+			fr.sentOn = manyPaths
+		}
+	}
+	o.sent = len(o.buf)
+	o.mu.Unlock()
+	if skip != nil {
+		_, _ = lk.C.Write(skip)
+	}
+	_, _ = lk.C.Write(data)
+	lk.CheckOutbound()
+}
+
+// manyPaths marks a frame written to more than one path.
+var manyPaths = &link{}
+
+// nak records that proxy lk did not relay frame seq of stream id.
+func (o *outStream) nak(lk *link, id, seq uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if id != o.id {
+		return
+	}
+	for i := o.fh; i < len(o.frames); i++ {
+		if fr := &o.frames[i]; fr.seq == seq {
+			if fr.sentOn == lk {
+				fr.sentOn = nil
+			}
+			return
+		}
+	}
+}
+
+// ack drops the frames stream id acknowledged up to seq.
+func (o *outStream) ack(id, seq uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if id != o.id {
+		return
+	}
+	i := o.fh
+	for i < len(o.frames) && o.frames[i].seq <= seq {
+		i++
+	}
+	if i == o.fh {
+		return
+	}
+	o.head = o.frames[i-1].end
+	clear(o.frames[o.fh:i])
+	o.fh = i
+	o.sent = max(o.sent, o.head)
+	o.progress = time.Now()
+	o.compact()
+}
+
+// compact moves the live part of the buffers to fresh arrays once the dead
+// part dominates. Fresh, not in place: a flush may be writing from the old
+// array right now.
+func (o *outStream) compact() {
+	if o.fh == len(o.frames) {
+		o.buf, o.head, o.sent = o.buf[:0:0], 0, 0
+		o.frames, o.fh = o.frames[:0], 0
+		return
+	}
+	if o.head < 64<<10 || o.head < len(o.buf)/2 {
+		if o.fh > 1024 && o.fh > len(o.frames)/2 {
+			o.frames = append(o.frames[:0:0], o.frames[o.fh:]...)
+			o.fh = 0
+		}
+		return
+	}
+	nb := make([]byte, len(o.buf)-o.head, max(4096, 2*(len(o.buf)-o.head)))
+	copy(nb, o.buf[o.head:])
+	shift := o.head
+	o.buf, o.head, o.sent = nb, 0, max(0, o.sent-shift)
+	o.frames = append(o.frames[:0:0], o.frames[o.fh:]...)
+	o.fh = 0
+	for i := range o.frames {
+		o.frames[i].end -= shift
+	}
+}
+
+// unacked returns the frames and bytes waiting for an acknowledgement.
+func (o *outStream) unacked() (frames, bytes int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.frames) - o.fh, len(o.buf) - o.head
+}
+
+// repath points the stream at the best path to dst now (see pathTo), and
+// moves it to a newer run of dst when a path announces one.
+func (o *outStream) repath() {
+	lk, epoch := o.s.pathTo(o.dst, nil)
+	o.setPath(lk, epoch, false)
+}
+
+// setPath switches to lk (nil: hold), whose run of dst is epoch. A switch
+// rewrites the whole unacknowledged tail on the new path.
+func (o *outStream) setPath(lk *link, epoch uint64, resend bool) {
+	var lost []lostFrame
+	o.mu.Lock()
+	if lk != nil && epoch != o.dstEpoch {
+		if epoch < o.dstEpoch {
+			// An announcement of an older run: not a path to dst.
+			lk = nil
+		} else {
+			lost = o.newRunLocked(epoch)
+		}
+	}
+	if lk == o.path && !resend {
+		o.mu.Unlock()
+		o.s.dropLost(o.dst, lost)
+		return
+	}
+	if o.path != nil || resend {
+		o.s.stats.StreamResent.Add(int64(o.sent - o.head))
+	}
+	o.path = lk
+	o.sent = o.head
+	o.progress = time.Now()
+	post := o.schedule()
+	o.mu.Unlock()
+	if post != nil {
+		post.Loop.Post(func() { o.flush(post) })
+	}
+	o.s.dropLost(o.dst, lost)
+}
+
+// lostFrame is a frame the stream gave up on: the caller decides it again.
+type lostFrame struct {
+	f         codec.Frame // parsed; its slices are copies
+	ts        int64
+	from      *session
+	delivered bool // transmitted: it may have arrived
+}
+
+// newRunLocked re-addresses the stream to run epoch of dst: frames already
+// transmitted to the old run are returned as lost (they may or may not
+// have arrived), the rest are rewritten for the new run. o.mu held.
+func (o *outStream) newRunLocked(epoch uint64) []lostFrame {
+	old := o.dstEpoch
+	o.dstEpoch = epoch
+	if o.fh == len(o.frames) {
+		return nil
+	}
+	var lost []lostFrame
+	var nb []byte
+	var nf []outFrame
+	start := o.head
+	for _, m := range o.frames[o.fh:] {
+		line := o.buf[start : m.end-1]
+		start = m.end
+		var f codec.Frame
+		if err := codec.ParseFrame(line, &f); err != nil {
+			continue
+		}
+		if m.sentOn != nil && old != 0 {
+			lost = append(lost, lostFrame{f: copyFrame(&f), ts: m.ts, from: m.from, delivered: true})
+			continue
+		}
+		f.DstEpoch = epoch
+		nb = codec.AppendFrame(nb, &f)
+		m.end = len(nb)
+		m.sentOn = nil
+		nf = append(nf, m)
+	}
+	o.buf, o.head, o.sent = nb, 0, 0
+	o.frames, o.fh = nf, 0
+	return lost
+}
+
+// tick runs every streamTick: it resends over another path when the
+// current one stopped acknowledging, writes what a congested link held
+// back, and gives up on frames older than MaxHoldAge.
+func (o *outStream) tick(now time.Time) {
+	o.mu.Lock()
+	if o.fh == len(o.frames) {
+		o.mu.Unlock()
+		return
+	}
+	var post *link
+	stalled := o.path != nil && now.Sub(o.progress) >= o.s.opt.ResendAfter && o.sent > o.head
+	if o.path != nil && !stalled {
+		post = o.schedule()
+	}
+	cutoff := now.Add(-o.s.opt.MaxHoldAge).UnixNano()
+	var lost []lostFrame
+	i, start := o.fh, o.head
+	for i < len(o.frames) && o.frames[i].at < cutoff {
+		m := o.frames[i]
+		var f codec.Frame
+		if codec.ParseFrame(o.buf[start:m.end-1], &f) == nil {
+			lost = append(lost, lostFrame{f: copyFrame(&f), ts: m.ts, from: m.from, delivered: m.sentOn != nil})
+		}
+		start = m.end
+		i++
+	}
+	if i > o.fh {
+		o.head = o.frames[i-1].end
+		clear(o.frames[o.fh:i])
+		o.fh = i
+		o.sent = max(o.sent, o.head)
+		o.compact()
+		o.s.stats.StreamExpired.Add(int64(len(lost)))
+	}
+	o.mu.Unlock()
+	if post != nil {
+		post.Loop.Post(func() { o.flush(post) })
+	}
+	if stalled {
+		if lk, epoch := o.s.pathTo(o.dst, o.path); lk != nil && lk != o.currentPath() {
+			o.s.log.Info("stream not acknowledged; resending over another path", "server", o.dst, "after", o.s.opt.ResendAfter)
+			o.setPath(lk, epoch, true)
+		}
+	}
+	if len(lost) > 0 {
+		o.s.log.Warn("chats waited past -hold-age for their server", "server", o.dst, "frames", len(lost), "max_age", o.s.opt.MaxHoldAge)
+		o.s.dropLost(o.dst, lost)
+	}
+}
+
+func (o *outStream) currentPath() *link {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.path
+}
+
+// giveUp ends the stream's unacknowledged frames now, as tick does at
+// MaxHoldAge (for Shutdown).
+func (o *outStream) giveUp() {
+	o.mu.Lock()
+	var lost []lostFrame
+	start := o.head
+	for _, m := range o.frames[o.fh:] {
+		var f codec.Frame
+		if codec.ParseFrame(o.buf[start:m.end-1], &f) == nil {
+			lost = append(lost, lostFrame{f: copyFrame(&f), ts: m.ts, from: m.from, delivered: m.sentOn != nil})
+		}
+		start = m.end
+	}
+	o.head, o.sent = len(o.buf), len(o.buf)
+	clear(o.frames[o.fh:])
+	o.fh = len(o.frames)
+	o.compact()
+	o.mu.Unlock()
+	o.s.dropLost(o.dst, lost)
+}
+
+func copyFrame(f *codec.Frame) codec.Frame {
+	c := *f
+	cp := func(b []byte) []byte {
+		if b == nil {
+			return nil
+		}
+		return append([]byte(nil), b...)
+	}
+	c.Dst, c.Src, c.Send, c.Recv, c.ID, c.Payload = cp(f.Dst), cp(f.Src), cp(f.Send), cp(f.Recv), cp(f.ID), cp(f.Payload)
+	return c
+}
+
+// dropLost decides again the frames a stream to dst gave up on. A chat
+// never transmitted is stored in its recipient's mailbox (their server is
+// out of reach, so a route naming it counts as offline) or forwarded where
+// the routing store says they are now; a chat that was transmitted may
+// have arrived, so its sender is told it is unconfirmed. Errors for a user
+// go nowhere (counted); kicks and kick-done notices are queued again.
+func (s *Server) dropLost(dst string, lost []lostFrame) {
+	for i := range lost {
+		lf := &lost[i]
+		switch lf.f.Kind {
+		case codec.KindMsg:
+			c := &chat{send: string(lf.f.Send), recv: string(lf.f.Recv), ts: lf.ts, id: lf.f.ID, hops: lf.f.Hops, payload: lf.f.Payload}
+			if lf.delivered || !s.opt.mailboxOn() {
+				reason := codec.ErrNoForwarding
+				if lf.delivered {
+					reason = codec.ErrUnconfirmed
+					s.stats.StreamUnconfirmed.Add(1)
+				}
+				s.tellSender(lf.from, c, reason)
+				continue
+			}
+			s.restore(dst, lf.from, c)
+		case codec.KindKick, codec.KindKicked:
+			f := lf.f
+			payload := f.Payload
+			if err := s.out.get(dst).push(&f, func(b []byte) []byte { return append(b, payload...) }, outMeta{}); err != nil {
+				s.stats.KickUndelivered.Add(1)
+				s.log.Warn("kick could not be queued again", "server", dst, "user", string(f.Recv))
+			}
+		default:
+			s.stats.DroppedNoSender.Add(1)
+			s.log.Warn("error for a user on another server given up on", "server", dst, "user", string(lf.f.Recv))
+		}
+	}
+}
+
+// tellSender sends a chat's local sender an error (the chat was acked
+// already), if the sender is still connected.
+func (s *Server) tellSender(from *session, c *chat, reason codec.ProtoError) {
+	s.stats.countChatError(reason)
+	if from == nil || from.Closed() {
+		s.stats.DroppedNoSender.Add(1)
+		s.log.Warn("chat given up on; its sender has left", "sender", c.send, "recipient", c.recv, "reason", string(reason))
+		return
+	}
+	s.stats.Errors.Add(1)
+	batch.Send(&from.Endpoint, codec.AppendError(nil, string(reason), c.id), nil)
+}
+
+// restore stores a chat that could not reach server dst in its
+// recipient's mailbox; if the routing store says the recipient is online
+// elsewhere, it goes there.
+func (s *Server) restore(dst string, from *session, c *chat) {
+	req := route.StoreReq{Name: c.recv, Line: c.payload, TS: c.ts, Here: dst}
+	if !s.redis.store(req, func(res route.StoreResult) {
+		if res.Expired > 0 {
+			s.countExpired(c.recv, res.Expired)
+		}
+		switch {
+		case res.Err != nil:
+			s.tellSender(from, c, codec.ErrNoForwarding)
+		case res.Outcome == route.Stored:
+			s.stats.Stored.Add(1)
+			if res.Route.Server == dst && dst != s.opt.ID {
+				// The recipient may still be logged in there: once a path
+				// is back, tell that session to read its mailbox.
+				s.sendKickDone(&kickReply{server: dst, name: c.recv, token: res.Route.Token})
+			}
+		case res.Outcome == route.Full:
+			s.tellSender(from, c, codec.ErrMailboxFull)
+		case res.Route.Server == s.opt.ID:
+			if dstS := s.reg.get(c.recv); dstS != nil && s.toSession(nil, dstS, c) {
+				return
+			}
+			s.tellSender(from, c, codec.ErrOffline)
+		default:
+			c.hops++
+			if c.hops > maxHops {
+				s.tellSender(from, c, codec.ErrMoving)
+				return
+			}
+			f := codec.Frame{Kind: codec.KindMsg, Hops: c.hops, Send: []byte(c.send), Recv: []byte(c.recv), ID: c.id}
+			if err := s.out.get(res.Route.Server).push(&f, c.appendLine, outMeta{from: from, ts: c.ts}); err != nil {
+				s.tellSender(from, c, err.(codec.ProtoError))
+			}
+		}
+	}) {
+		s.tellSender(from, c, codec.ErrNoForwarding)
+	}
+}
+
+// streamTick is how often streams check for stalls and expiry.
+const streamTick = 100 * time.Millisecond
+
+// tickStreams runs every stream's tick until stop.
+func (s *Server) tickStreams() {
+	defer s.bg.Done()
+	t := time.NewTicker(streamTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case now := <-t.C:
+			for _, o := range s.out.all() {
+				o.tick(now)
+			}
+			s.in.sweep(now)
+		}
+	}
+}
+
+// StreamState describes the stream to one destination server.
+type StreamState struct {
+	Frames, Bytes int    // sent (or held) and not yet acknowledged
+	Path          string // the link it uses: "proxy <id>", "server <id>", or "" while held
+}
+
+// Unacked returns, per destination server, what its stream holds.
+func (s *Server) Unacked() map[string]StreamState {
+	out := map[string]StreamState{}
+	for _, o := range s.out.all() {
+		o.mu.Lock()
+		st := StreamState{Frames: len(o.frames) - o.fh, Bytes: len(o.buf) - o.head}
+		if o.path != nil {
+			st.Path = o.path.remote.Role + " " + o.path.remote.ID
+		}
+		o.mu.Unlock()
+		out[o.dst] = st
+	}
+	return out
+}
+
+// LinkState describes one authenticated link.
+type LinkState struct {
+	Peer, Kind string // Kind: "proxy" or "server"
+	Reach      []string
+}
+
+// Links returns the authenticated links.
+func (s *Server) Links() []LinkState {
+	var out []LinkState
+	for _, lk := range s.links.up() {
+		ls := LinkState{Peer: lk.remote.ID, Kind: lk.remote.Role}
+		if m := lk.reach.Load(); m != nil {
+			for id := range *m {
+				ls.Reach = append(ls.Reach, id)
+			}
+		}
+		out = append(out, ls)
+	}
+	return out
+}
