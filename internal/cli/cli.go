@@ -1,5 +1,17 @@
 // Package cli holds what the three binaries share: logging set-up, the
 // open-file limit, and waiting for SIGINT/SIGTERM.
+//
+// Logs go to stderr through log/slog, as text (key=value) or JSON
+// (-log-format, see NewLogger). Every line's msg is the name of its event:
+// a constant phrase written once in the source ("server ready", "link
+// down", "disconnecting slow consumer"), never formatted with values, so
+// operators can filter on it (msg="link down", or .msg == "link down" in
+// JSON) and count it. Everything that varies goes in attributes, with the
+// same key for the same thing everywhere: err, addr, id (this process),
+// peer (the other end of a link), dst (a destination server), reason,
+// count. A msg is part of the operational surface (alerts and saved
+// queries match it): rename one as deliberately as a flag. No log line
+// carries chat content, tokens or secrets.
 package cli
 
 import (
@@ -17,13 +29,9 @@ import (
 )
 
 // Logger returns a text logger on stderr at the named level
-// (debug, info, warn, error).
+// (debug, info, warn, error). It is NewLogger(level, "text").
 func Logger(level string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("bad -log-level %q: want debug, info, warn or error", level)
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+	return NewLogger(level, "text")
 }
 
 // RaiseNoFile lifts the soft open-file limit to the hard limit (each client
