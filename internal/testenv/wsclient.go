@@ -25,13 +25,19 @@ const wsMaxFrame = 16 << 20
 // more than one line therefore shows up as a line that is not one JSON
 // object. A binary frame shows up as the line "<binary frame: N bytes>".
 //
+// Everything written through the embedded Client goes out as masked text
+// frames, one per write: Send(line) sends a frame holding line, and
+// Client.SendRaw(b) a frame holding b, so helpers written for TCP clients
+// (which send line+"\n") send one request per frame, newline included, as
+// the contract allows. SendFrame and Ping send other frames; SendBytes
+// writes raw bytes to the socket (e.g. hand-made frames).
+//
 // A background goroutine reads frames: it answers pings, queues pongs for
 // ExpectPong, and on a close frame records its status (CloseStatus) and
-// ends the lines. Client.SendRaw writes raw bytes (e.g. hand-made frames);
-// Send, SendFrame and Ping write masked frames. The methods are for the
-// test goroutine.
+// ends the lines. The methods are for the test goroutine.
 type WSClient struct {
 	*Client
+	raw   net.Conn // the socket itself; Client.conn frames what it writes
 	pongs chan []byte
 	// closeCode and closeReason are written by the reader before it closes
 	// lines, and read by the test goroutine only after seeing lines closed.
@@ -61,10 +67,11 @@ func DialWSURL(t testing.TB, url string, tlsConfig *tls.Config) *WSClient {
 	c := &WSClient{
 		Client: &Client{
 			addr:  url,
-			conn:  conn,
+			conn:  textFramer{conn},
 			lines: make(chan string, clientQueue),
 			stop:  make(chan struct{}),
 		},
+		raw:   conn,
 		pongs: make(chan []byte, 16),
 	}
 	var r io.Reader = conn
@@ -148,19 +155,47 @@ func (c *WSClient) finish(err error) {
 	close(c.lines)
 }
 
-// write sends one masked client frame in a single Write (net.Conn and
+// write sends one masked client frame.
+func (c *WSClient) write(f ws.Frame) error {
+	if err := c.raw.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil {
+		return err
+	}
+	return writeFrame(c.raw, f)
+}
+
+// writeFrame sends one masked client frame in a single Write (net.Conn and
 // tls.Conn keep concurrent Writes whole, so the reader's pongs cannot
 // interleave with the test's frames).
-func (c *WSClient) write(f ws.Frame) error {
+func writeFrame(conn net.Conn, f ws.Frame) error {
 	b, err := ws.CompileFrame(ws.MaskFrame(f))
 	if err != nil {
 		return err
 	}
-	if err := c.conn.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil {
-		return err
-	}
-	_, err = c.conn.Write(b)
+	_, err = conn.Write(b)
 	return err
+}
+
+// textFramer is the connection the embedded Client writes to: each Write
+// goes out as one masked text frame.
+type textFramer struct{ net.Conn }
+
+func (f textFramer) Write(p []byte) (int, error) {
+	if err := writeFrame(f.Conn, ws.NewTextFrame(p)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// SendBytes writes b to the socket as is, not framed: for hand-made frames
+// (unmasked, reserved opcodes, a header without its payload).
+func (c *WSClient) SendBytes(t testing.TB, b []byte) {
+	t.Helper()
+	if err := c.raw.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil {
+		t.Fatalf("testenv: %s: %v", c.addr, err)
+	}
+	if _, err := c.raw.Write(b); err != nil {
+		t.Fatalf("testenv: %s: write: %v; read so far:%s", c.addr, err, c.sofar())
+	}
 }
 
 // Send sends line as one text frame (no newline added).
@@ -232,4 +267,23 @@ func RawHTTP(t testing.TB, addr, req string) string {
 
 func isReset(err error) bool {
 	return strings.Contains(err.Error(), "connection reset by peer")
+}
+
+// DialTLS is Dial over TLS (a 5s timeout for connect and handshake), for a
+// client port behind a TLS terminator: the same line client, encrypted.
+func DialTLS(t testing.TB, addr string, cfg *tls.Config) *Client {
+	t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		t.Fatalf("testenv: TLS dial %s: %v", addr, err)
+	}
+	c := &Client{
+		addr:  "tls://" + addr,
+		conn:  conn,
+		lines: make(chan string, clientQueue),
+		stop:  make(chan struct{}),
+	}
+	go c.read()
+	t.Cleanup(c.Close)
+	return c
 }
