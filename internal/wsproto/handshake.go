@@ -111,11 +111,15 @@ func ParseHandshake(buf []byte, maxHead int) Handshake {
 	case !h.complete:
 		return Handshake{Kind: NeedMore}
 	}
+	method, path := string(h.method), string(h.path)
+	if path == "" {
+		path = "/"
+	}
 	if !h.upgrade {
-		if h.method != http.MethodGet && h.method != http.MethodHead {
+		if method != http.MethodGet && method != http.MethodHead {
 			return reject(ErrBadMethod)
 		}
-		return Handshake{Kind: Plain, Consumed: h.end, Method: h.method, Path: h.path}
+		return Handshake{Kind: Plain, Consumed: h.end, Method: method, Path: path}
 	}
 	var resp bytes.Buffer
 	_, err := upgrader.Upgrade(&headRW{r: bytes.NewReader(buf[h.start:h.end]), w: &resp})
@@ -125,7 +129,7 @@ func ParseHandshake(buf []byte, maxHead int) Handshake {
 	if !validKey(h.key) {
 		return reject(ErrBadKey)
 	}
-	return Handshake{Kind: Upgrade, Consumed: h.end, Response: resp.Bytes(), Method: h.method, Path: h.path, Status: http.StatusSwitchingProtocols}
+	return Handshake{Kind: Upgrade, Consumed: h.end, Response: resp.Bytes(), Method: method, Path: path, Status: http.StatusSwitchingProtocols}
 }
 
 // reject builds a Reject for err, with the status gobwas/ws attached to
@@ -160,8 +164,8 @@ type head struct {
 	err      error
 	start    int
 	end      int
-	method   string
-	path     string
+	method   []byte // aliases buf, like path and key
+	path     []byte
 	upgrade  bool   // an Upgrade header is present
 	key      []byte // the last Sec-WebSocket-Key value (aliases buf)
 }
@@ -230,12 +234,8 @@ func (h *head) requestLine(line []byte) error {
 	if !bytes.Equal(version, []byte("HTTP/1.1")) && !bytes.Equal(version, []byte("HTTP/1.0")) {
 		return ErrBadVersion
 	}
-	h.method = string(method)
-	if p, _, _ := bytes.Cut(target, []byte{'?'}); len(p) > 0 {
-		h.path = string(p)
-	} else {
-		h.path = "/"
-	}
+	h.method = method
+	h.path, _, _ = bytes.Cut(target, []byte{'?'})
 	return nil
 }
 
