@@ -86,8 +86,13 @@ type Options struct {
 	// Seed seeds recipient choice; zero picks one from the clock (the
 	// report shows it, so a run can be repeated).
 	Seed int64 `json:"seed"`
-	// Pids are processes under test to sample from /proc (CPU, RSS).
+	// Pids are processes under test to sample from /proc (CPU, RSS,
+	// context switches, read and write calls) and perf (system calls).
 	Pids []ProcSpec `json:"pids"`
+	// NoPerf leaves out the perf counters of the Pids (every system call,
+	// and context switches as a check). Zero value: they are opened when
+	// the kernel allows it (root, or kernel.perf_event_paranoid <= -1).
+	NoPerf bool `json:"no_perf"`
 	// Scenario is a label copied into the report.
 	Scenario string `json:"scenario"`
 

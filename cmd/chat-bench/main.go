@@ -71,7 +71,8 @@ func run() int {
 		ping      = fs.Duration("ping", 0, "ping interval per client; 0 = none (10s in -hold mode)")
 		procs     = fs.Int("procs", 0, "worker processes holding the clients; 0 = one per 15,000 clients")
 		srcIPs    = fs.String("src-ips", "", `local source addresses: "" = automatic (one 127.0.0.x per 10,000 clients when the servers are on loopback), "N" = 127.0.0.1..N, "A-B", "A,B,...", "none"`)
-		pids      = fs.String("pids", "", "processes under test to sample, `name=pid,...` (CPU, RSS)")
+		pids      = fs.String("pids", "", "processes under test to sample, `name=pid,...` (CPU, RSS, context switches, system calls); names s1, s2, ... are summed as the servers")
+		syscalls  = fs.Bool("syscalls", true, "count every system call of the -pids processes with perf counters (needs root or kernel.perf_event_paranoid <= -1; costs them ~80 ns per call); read and write calls from /proc are counted anyway")
 		htmlOut   = fs.String("html", "", "write a self-contained HTML report to `file`")
 		jsonFile  = fs.String("json-file", "", "also write the JSON report to `file`")
 		scenario  = fs.String("scenario", "", "preset: "+scenarioNames()+"; explicit flags override it")
@@ -130,7 +131,7 @@ func run() int {
 		Window: *window, Drain: *drain, Fanout: *fanout, Ack: *ack, Hold: *hold,
 		Ping: *ping, Procs: *procs, SrcIPs: *srcIPs, ConnectConcurrency: *concur,
 		LoginRate: *loginRate, ConnectTimeout: *cTimeout, Prefix: *prefix, Seed: *seed,
-		Pids: pidList, Scenario: *scenario, Log: os.Stderr,
+		Pids: pidList, NoPerf: !*syscalls, Scenario: *scenario, Log: os.Stderr,
 	}
 	if !*quiet {
 		o.Progress = os.Stderr
