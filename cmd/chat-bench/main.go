@@ -1,11 +1,13 @@
 // Command chat-bench is the load generator of the chat servers: it logs in
-// thousands of plain TCP line clients (the bytes a telnet user types), has
-// them chat, checks every message end to end and prints a report.
+// thousands of plain TCP line clients (the bytes a telnet user types), or
+// WebSocket clients with -transport ws, has them chat, checks every message
+// end to end and prints a report.
 //
 //	chat-bench -servers 127.0.0.1:9501,127.0.0.1:9502 -clients 5000 -duration 10s
 //
-// -scenario picks a preset (mixed, cross, local, hold, anchor, latency);
-// flags given explicitly override it. The first Ctrl-C stops the run and
+// -scenario picks a preset (mixed, cross, local, hold, anchor, latency,
+// floor); flags given explicitly override it. With -relay it is instead the
+// floor relay that SCENARIO=floor runs the anchor load against. The first Ctrl-C stops the run and
 // still prints what was measured; a second one exits at once.
 package main
 
@@ -14,6 +16,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -43,6 +46,8 @@ var scenarios = map[string]struct {
 		map[string]string{"clients": "2000", "rate": "0", "window": "8", "size": "64", "cross": "0.5", "duration": "10s", "warmup": "2s"}},
 	"latency": {"2,000 clients offering 20,000 msg/s in open loop, half crossing: latency at load",
 		map[string]string{"clients": "2000", "rate": "20000", "size": "64", "cross": "0.5", "duration": "10s", "warmup": "2s"}},
+	"floor": {"the anchor load against the minimal relay (chat-bench -relay): the machine's floor cost per message",
+		map[string]string{"clients": "2000", "rate": "0", "window": "8", "size": "64", "cross": "0.5", "duration": "10s", "warmup": "2s"}},
 }
 
 func main() {
@@ -55,7 +60,8 @@ func main() {
 func run() int {
 	fs := flag.NewFlagSet("chat-bench", flag.ContinueOnError)
 	var (
-		servers   = fs.String("servers", "127.0.0.1:9501,127.0.0.1:9502", "client `addresses` of the message servers, comma list; client i uses server i mod n")
+		servers   = fs.String("servers", "127.0.0.1:9501,127.0.0.1:9502", "client `addresses` of the message servers, comma list (their -ws-listen addresses with -transport ws); client i uses server i mod n")
+		transport = fs.String("transport", "tcp", "tcp (JSON lines) or ws (WebSocket: one text frame per request, one JSON object per frame received)")
 		clients   = fs.Int("clients", 1000, "number of clients (users)")
 		duration  = fs.Duration("duration", 10*time.Second, "length of the measured phase (the hold in -hold mode)")
 		rate      = fs.Float64("rate", 0, "total offered chats per second (open loop); 0 = saturation, each client keeps -window chats in flight")
@@ -83,6 +89,8 @@ func run() int {
 		seed      = fs.Int64("seed", 0, "seed of the recipient choice; 0 = from the clock (the report shows it)")
 		quiet     = fs.Bool("quiet", false, "no live progress line")
 		cpuProf   = fs.String("cpuprofile", "", "write a CPU profile of this process (not its workers) to `file`")
+		relay     = fs.String("relay", "", "run as the floor relay instead (SCENARIO=floor): listen on these `addresses` (comma list, port 0 = free) until SIGINT/SIGTERM")
+		relayN    = fs.Int("relay-loops", 0, "event loops of -relay; 0 = GOMAXPROCS")
 	)
 	fs.Usage = func() {
 		out := fs.Output()
@@ -102,6 +110,9 @@ func run() int {
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "chat-bench: unexpected arguments %q\n", fs.Args())
 		return 2
+	}
+	if *relay != "" {
+		return runRelay(cli.SplitList(*relay), *relayN)
 	}
 	if *scenario != "" {
 		sc, ok := scenarios[*scenario]
@@ -126,7 +137,7 @@ func run() int {
 		return 2
 	}
 	o := bench.Options{
-		Servers: cli.SplitList(*servers), Clients: *clients, Duration: *duration,
+		Servers: cli.SplitList(*servers), Transport: *transport, Clients: *clients, Duration: *duration,
 		Warmup: *warmup, Rate: *rate, Size: *size, Cross: *cross, CrossSet: true,
 		Window: *window, Drain: *drain, Fanout: *fanout, Ack: *ack, Hold: *hold,
 		Ping: *ping, Procs: *procs, SrcIPs: *srcIPs, ConnectConcurrency: *concur,
@@ -202,6 +213,28 @@ func run() int {
 	if r.Interrupted {
 		return 130
 	}
+	return 0
+}
+
+// runRelay serves as the floor relay until SIGINT or SIGTERM. It logs
+// each listener as the servers do (msg="relay listener ready" addr=...),
+// so scripts find the addresses the same way.
+func runRelay(addrs []string, loops int) int {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	r, err := bench.StartRelay(addrs, loops)
+	if err != nil {
+		log.Error("relay failed to start", "err", err)
+		return 1
+	}
+	for _, a := range r.Addrs() {
+		log.Info("relay listener ready", "addr", a)
+	}
+	<-sigs
+	r.Close()
+	d, f := r.Stats()
+	log.Info("relay stopped", "delivered", d, "recipient_not_online", f)
 	return 0
 }
 
