@@ -8,7 +8,9 @@ import "errors"
 type Relay struct{}
 
 // StartRelay fails: the relay needs Linux.
-func StartRelay([]string, int) (*Relay, error) { return nil, errors.New("bench: the relay needs Linux") }
+func StartRelay([]string, int) (*Relay, error) {
+	return nil, errors.New("bench: the relay needs Linux")
+}
 
 // Addrs returns nothing.
 func (r *Relay) Addrs() []string { return nil }

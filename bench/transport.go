@@ -46,11 +46,11 @@ type wsLines struct {
 	br   *bufio.Reader
 	conn io.Writer   // where pongs go: the client's connection
 	wmu  *sync.Mutex // the client's write lock
-	hdr  []byte // header scratch for ws.ReadHeaderBuffer
-	buf  []byte // the current frame's payload
-	msg  []byte // a fragmented message being put together
-	frag bool   // inside a fragmented message
-	rest []byte // lines of the current message not yet returned
+	hdr  []byte      // header scratch for ws.ReadHeaderBuffer
+	buf  []byte      // the current frame's payload
+	msg  []byte      // a fragmented message being put together
+	frag bool        // inside a fragmented message
+	rest []byte      // lines of the current message not yet returned
 }
 
 func newWSLines(br *bufio.Reader, conn io.Writer, wmu *sync.Mutex) *wsLines {
