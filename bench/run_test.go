@@ -218,4 +218,8 @@ func TestRunCosts(t *testing.T) {
 	if !strings.Contains(b.String(), "per msg") {
 		t.Errorf("text report lacks the per-message table")
 	}
+	var h strings.Builder
+	if err := r.WriteHTML(&h); err != nil || !strings.Contains(h.String(), "Cost per delivered message") || !strings.Contains(h.String(), "servers: s1") {
+		t.Errorf("HTML report lacks the cost table (%v)", err)
+	}
 }

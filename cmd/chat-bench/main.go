@@ -91,6 +91,7 @@ func run() int {
 		cpuProf   = fs.String("cpuprofile", "", "write a CPU profile of this process (not its workers) to `file`")
 		relay     = fs.String("relay", "", "run as the floor relay instead (SCENARIO=floor): listen on these `addresses` (comma list, port 0 = free) until SIGINT/SIGTERM")
 		relayN    = fs.Int("relay-loops", 0, "event loops of -relay; 0 = GOMAXPROCS")
+		compare   = fs.String("compare", "", "print the comparison of interleaved runs instead: JSON reports (-json-file) `a1,b1,a2,b2,...`, a table per pair and the medians")
 	)
 	fs.Usage = func() {
 		out := fs.Output()
@@ -113,6 +114,9 @@ func run() int {
 	}
 	if *relay != "" {
 		return runRelay(cli.SplitList(*relay), *relayN)
+	}
+	if *compare != "" {
+		return runCompare(cli.SplitList(*compare))
 	}
 	if *scenario != "" {
 		sc, ok := scenarios[*scenario]
@@ -235,6 +239,24 @@ func runRelay(addrs []string, loops int) int {
 	r.Close()
 	d, f := r.Stats()
 	log.Info("relay stopped", "delivered", d, "recipient_not_online", f)
+	return 0
+}
+
+// runCompare prints the pair tables of the reports in files.
+func runCompare(files []string) int {
+	var runs []*bench.Report
+	for _, f := range files {
+		r, err := bench.ReadReport(f)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "chat-bench:", err)
+			return 1
+		}
+		runs = append(runs, r)
+	}
+	if err := bench.WritePairs(os.Stdout, runs); err != nil {
+		fmt.Fprintln(os.Stderr, "chat-bench:", err)
+		return 2
+	}
 	return 0
 }
 
