@@ -169,7 +169,11 @@ metrics_where() {
       a=$(log_addr "$n" 'metrics.*addr=') && [ -n "$a" ] && break
       sleep 0.1
     done
-    out+="${out:+, }$n ${a:+http://$a/metrics}${a:-(no metrics address in $LOGS/$n.log)}"
+    if [ -n "$a" ]; then
+      out+="${out:+, }$n http://$a/metrics"
+    else
+      out+="${out:+, }$n (no metrics address in $LOGS/$n.log)"
+    fi
   done
   echo "bench.sh: metrics: $out" >&2
 }
