@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -16,53 +15,35 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Relay is the floor of SCENARIO=floor: the least work a process can do to
-// relay the bench's chats on this machine, so its CPU, context switches and
-// system calls per delivered message sit next to the real system's in the
-// same report.
-//
-// It speaks just enough of the client protocol for the load generator's
-// own code path: login (answered in the server's shape), chat, ping. Per
-// readiness event it does one read(2) of whatever is there and splits it
-// into lines; per chat one lookup of "recv" (no other JSON decoding) and
-// one write(2) of the delivery straight to the recipient's socket, with no
-// batching across recipients and no queue in between. There is no Redis,
-// no second server, no acks unless asked for with an "id", no mailbox.
-//
-// It runs one event loop per GOMAXPROCS, each a locked OS thread blocking
-// in epoll_wait(2) on its own SO_REUSEPORT listeners (the kernel spreads
-// the connections) and the connections they accepted. Raw epoll rather
-// than Go's net package: a goroutine per connection costs a netpoll
-// wake-up, a goroutine switch and often a read that finds nothing
-// (EAGAIN) per burst, which is the runtime's overhead, not the machine's.
-// A loop writes to a recipient owned by another loop directly (one
-// write(2) under the recipient's mutex) rather than handing it over, as
-// the kernel allows any thread to write to any socket; only when the
-// socket is full does the rest wait for the owner's EPOLLOUT.
-type Relay struct {
-	addrs []string
+// epollRelay is StartRelay's relay: one event loop per GOMAXPROCS, each a
+// locked OS thread blocking in epoll_wait(2) on its own SO_REUSEPORT
+// listeners (the kernel spreads the connections) and the connections they
+// accepted. Raw epoll rather than Go's net package: a goroutine per
+// connection adds a netpoll wake-up, a goroutine switch and often a
+// read(2) that finds nothing (EAGAIN) per burst, which is the runtime's
+// cost, not the machine's (StartNetRelay is that variant, to compare). A
+// loop writes a delivery to a recipient owned by another loop directly, in
+// one write(2) under the recipient's mutex, as the kernel lets any thread
+// write to any socket; only bytes the socket did not take wait for the
+// owner's EPOLLOUT.
+type epollRelay struct {
+	hub   relayHub
 	loops []*relayLoop
 	wg    sync.WaitGroup
-
-	usersMu sync.RWMutex
-	users   map[string]*relayConn // logged-in name -> newest connection
-
-	closeOnce sync.Once
 }
 
 // relayLoop is one event loop. Only its goroutine touches conns, buf and
 // out.
 type relayLoop struct {
-	r      *Relay
+	r      *epollRelay
 	epfd   int
 	wakefd int   // eventfd: Close wakes the loop through it
 	lns    []int // listener fds
 	conns  map[int32]*relayConn
 	buf    []byte // read buffer
-	out    []byte // delivery being built
+	out    []byte // reply being built
 	stop   atomic.Bool
-
-	delivered, refused atomic.Int64
+	stats  relayStats
 }
 
 // relayConn is one client connection. The owner loop reads it; any loop
@@ -70,8 +51,8 @@ type relayLoop struct {
 type relayConn struct {
 	fd    int
 	owner *relayLoop
-	name  string // set by the owner at login, read only by the owner
-	in    []byte // the start of a line not complete yet (owner only)
+	sess  relaySession // owner only
+	in    []byte       // the start of a line not complete yet (owner only)
 
 	mu      sync.Mutex
 	closed  bool   // fd closed: never write to it again (the number may be reused)
@@ -86,7 +67,8 @@ const relayReadBuf = 64 << 10
 const relayMaxPending = 16 << 20
 
 // StartRelay listens on every address (host:port, port 0 for a free one)
-// with loops event loops (0 means GOMAXPROCS) and serves until Close.
+// with loops event loops over epoll (0 means GOMAXPROCS) and serves until
+// Close.
 func StartRelay(addrs []string, loops int) (*Relay, error) {
 	if len(addrs) == 0 {
 		return nil, errors.New("bench: relay: no address")
@@ -94,58 +76,44 @@ func StartRelay(addrs []string, loops int) (*Relay, error) {
 	if loops <= 0 {
 		loops = runtime.GOMAXPROCS(0)
 	}
-	r := &Relay{users: make(map[string]*relayConn)}
+	er := &epollRelay{hub: relayHub{users: make(map[string]relaySender)}}
+	r := &Relay{closeFn: er.close}
 	for i := 0; i < loops; i++ {
-		l, err := newRelayLoop(r)
+		l, err := newRelayLoop(er)
 		if err != nil {
-			r.closeFds()
+			er.closeFds()
 			return nil, err
 		}
-		r.loops = append(r.loops, l)
+		er.loops = append(er.loops, l)
+		r.stats = append(r.stats, &l.stats)
 	}
 	for _, a := range addrs {
-		bound, err := r.listen(a)
+		bound, err := er.listen(a)
 		if err != nil {
-			r.closeFds()
+			er.closeFds()
 			return nil, err
 		}
 		r.addrs = append(r.addrs, bound)
 	}
-	for _, l := range r.loops {
-		r.wg.Add(1)
+	for _, l := range er.loops {
+		er.wg.Add(1)
 		go l.run()
 	}
 	return r, nil
 }
 
-// Addrs returns the bound listener addresses, in the order given.
-func (r *Relay) Addrs() []string { return r.addrs }
-
-// Stats returns the chats delivered and refused (recipient not online) so
-// far.
-func (r *Relay) Stats() (delivered, refused int64) {
+// close stops the loops, then closes every socket.
+func (r *epollRelay) close() {
+	one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
 	for _, l := range r.loops {
-		delivered += l.delivered.Load()
-		refused += l.refused.Load()
+		l.stop.Store(true)
+		_, _ = unix.Write(l.wakefd, one)
 	}
-	return
+	r.wg.Wait()
+	r.closeFds()
 }
 
-// Close stops the loops and closes every socket.
-func (r *Relay) Close() error {
-	r.closeOnce.Do(func() {
-		one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
-		for _, l := range r.loops {
-			l.stop.Store(true)
-			_, _ = unix.Write(l.wakefd, one)
-		}
-		r.wg.Wait()
-		r.closeFds()
-	})
-	return nil
-}
-
-func (r *Relay) closeFds() {
+func (r *epollRelay) closeFds() {
 	for _, l := range r.loops {
 		for _, c := range l.conns {
 			c.mu.Lock()
@@ -163,7 +131,7 @@ func (r *Relay) closeFds() {
 	}
 }
 
-func newRelayLoop(r *Relay) (*relayLoop, error) {
+func newRelayLoop(r *epollRelay) (*relayLoop, error) {
 	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("bench: relay: epoll_create: %w", err)
@@ -185,7 +153,7 @@ func newRelayLoop(r *Relay) (*relayLoop, error) {
 
 // listen binds one SO_REUSEPORT listener per loop on addr and returns the
 // bound address (with port 0 resolved by the first bind).
-func (r *Relay) listen(addr string) (string, error) {
+func (r *epollRelay) listen(addr string) (string, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return "", fmt.Errorf("bench: relay: %w", err)
@@ -277,6 +245,7 @@ func (l *relayLoop) accept(ln int) {
 		}
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		c := &relayConn{fd: fd, owner: l}
+		c.sess.self = c
 		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
 			unix.Close(fd)
 			continue
@@ -296,128 +265,15 @@ func (l *relayLoop) read(c *relayConn, ts int64) {
 		l.drop(c)
 		return
 	}
-	b := l.buf[:k+n]
-	for {
-		i := bytes.IndexByte(b, '\n')
-		if i < 0 {
-			break
-		}
-		line := b[:i]
-		b = b[i+1:]
-		if m := len(line); m > 0 && line[m-1] == '\r' {
-			line = line[:m-1]
-		}
-		if len(line) > 0 {
-			l.line(c, line, ts)
-		}
-	}
-	if len(b) == len(l.buf) {
+	rest := splitLines(l.buf[:k+n], func(line []byte) {
+		l.out = l.r.hub.handle(&c.sess, line, ts, l.out, &l.stats)
+	})
+	if len(rest) == len(l.buf) {
 		c.send([]byte(`{"cmd":"error","error":"line too long"}` + "\n"))
 		l.drop(c)
 		return
 	}
-	c.in = append(c.in[:0], b...)
-}
-
-var (
-	keyRecv    = []byte(`"recv"`)
-	keyName    = []byte(`"name"`)
-	chatPrefix = []byte(`{"cmd":"chat",`)
-)
-
-// line handles one request line of c.
-func (l *relayLoop) line(c *relayConn, line []byte, ts int64) {
-	if bytes.HasPrefix(line, chatPrefix) {
-		l.chat(c, line, ts)
-		return
-	}
-	cmd, _, _ := jsonField(line, keyCmd)
-	switch string(cmd) {
-	case "chat":
-		l.chat(c, line, ts)
-	case "login":
-		name, isStr, ok := jsonField(line, keyName)
-		if !ok || !isStr || len(name) == 0 || c.name != "" {
-			c.send(l.errLine(line, "bad login"))
-			return
-		}
-		c.name = string(name)
-		l.r.usersMu.Lock()
-		l.r.users[c.name] = c
-		l.r.usersMu.Unlock()
-		o := append(l.out[:0], `{"cmd":"login","ok":true,"name":"`...)
-		o = append(o, name...)
-		o = append(o, `","server":"relay"}`+"\n"...)
-		l.out = o
-		c.send(o)
-	case "ping":
-		o := append(l.out[:0], `{"cmd":"pong"`...)
-		if id, isStr, ok := jsonField(line, keyID); ok {
-			o = appendID(append(o, `,"id":`...), id, isStr)
-		}
-		l.out = append(o, "}\n"...)
-		c.send(l.out)
-	default:
-		c.send(l.errLine(line, "unknown cmd"))
-	}
-}
-
-// chat delivers one chat line: the request with "send" put in front and
-// "ts" at the end, in one write(2) to the recipient.
-func (l *relayLoop) chat(c *relayConn, line []byte, ts int64) {
-	if c.name == "" {
-		c.send(l.errLine(line, "not logged in"))
-		return
-	}
-	recv, _, ok := jsonField(line, keyRecv)
-	end := bytes.LastIndexByte(line, '}')
-	if !ok || end < len(chatPrefix) || !bytes.HasPrefix(line, chatPrefix) {
-		c.send(l.errLine(line, "missing recv"))
-		return
-	}
-	l.r.usersMu.RLock()
-	to := l.r.users[string(recv)]
-	l.r.usersMu.RUnlock()
-	if to == nil {
-		l.refused.Add(1)
-		c.send(l.errLine(line, "recipient not online"))
-		return
-	}
-	o := append(l.out[:0], `{"cmd":"chat","send":"`...)
-	o = append(o, c.name...)
-	o = append(o, `",`...)
-	o = append(o, line[len(chatPrefix):end]...)
-	o = append(o, `,"ts":`...)
-	o = strconv.AppendInt(o, ts, 10)
-	o = append(o, "}\n"...)
-	l.out = o
-	to.send(o)
-	l.delivered.Add(1)
-	if id, isStr, ok := jsonField(line, keyID); ok {
-		a := appendID(append(o[len(o):], `{"cmd":"ack","id":`...), id, isStr)
-		c.send(append(a, "}\n"...))
-	}
-}
-
-// errLine builds an error reply, with the request's id if it had one.
-func (l *relayLoop) errLine(line []byte, reason string) []byte {
-	o := append(l.out[:0], `{"cmd":"error","error":"`...)
-	o = append(o, reason...)
-	o = append(o, '"')
-	if id, isStr, ok := jsonField(line, keyID); ok {
-		o = appendID(append(o, `,"id":`...), id, isStr)
-	}
-	l.out = append(o, "}\n"...)
-	return l.out
-}
-
-func appendID(o, id []byte, isStr bool) []byte {
-	if isStr {
-		o = append(o, '"')
-		o = append(o, id...)
-		return append(o, '"')
-	}
-	return append(o, id...)
+	c.in = append(c.in[:0], rest...)
 }
 
 // send writes b to c at once, or queues what the socket did not take.
@@ -466,13 +322,7 @@ func (l *relayLoop) flush(c *relayConn) {
 
 // drop closes c (owner loop) and forgets its login.
 func (l *relayLoop) drop(c *relayConn) {
-	if c.name != "" {
-		l.r.usersMu.Lock()
-		if l.r.users[c.name] == c {
-			delete(l.r.users, c.name)
-		}
-		l.r.usersMu.Unlock()
-	}
+	l.r.hub.leave(&c.sess)
 	delete(l.conns, int32(c.fd))
 	c.mu.Lock()
 	c.closed = true

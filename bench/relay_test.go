@@ -9,9 +9,18 @@ import (
 	"time"
 )
 
-func startTestRelay(t *testing.T, addrs ...string) *Relay {
+// relayImpls are the relay's transports, each tested the same way.
+var relayImpls = []struct {
+	name  string
+	start func(addrs []string) (*Relay, error)
+}{
+	{"epoll", func(a []string) (*Relay, error) { return StartRelay(a, 2) }},
+	{"net", StartNetRelay},
+}
+
+func startTestRelay(t *testing.T, start func([]string) (*Relay, error), addrs ...string) *Relay {
 	t.Helper()
-	r, err := StartRelay(addrs, 2)
+	r, err := start(addrs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -22,7 +31,13 @@ func startTestRelay(t *testing.T, addrs ...string) *Relay {
 // TestRelayProtocol: login in the server's shape, delivery with send and
 // ts, pong, and the errors the bench can meet, over both listeners.
 func TestRelayProtocol(t *testing.T) {
-	r := startTestRelay(t, "127.0.0.1:0", "127.0.0.1:0")
+	for _, impl := range relayImpls {
+		t.Run(impl.name, func(t *testing.T) { testRelayProtocol(t, impl.start) })
+	}
+}
+
+func testRelayProtocol(t *testing.T, start func([]string) (*Relay, error)) {
+	r := startTestRelay(t, start, "127.0.0.1:0", "127.0.0.1:0")
 	a := r.Addrs()
 	if len(a) != 2 || a[0] == a[1] || strings.HasSuffix(a[0], ":0") {
 		t.Fatalf("addrs %v", a)
@@ -75,7 +90,13 @@ func TestRelayProtocol(t *testing.T) {
 // hundred clients over its two listeners for a second, every message
 // checked.
 func TestRelayUnderBench(t *testing.T) {
-	r := startTestRelay(t, "127.0.0.1:0", "127.0.0.1:0")
+	for _, impl := range relayImpls {
+		t.Run(impl.name, func(t *testing.T) { testRelayUnderBench(t, impl.start) })
+	}
+}
+
+func testRelayUnderBench(t *testing.T, start func([]string) (*Relay, error)) {
+	r := startTestRelay(t, start, "127.0.0.1:0", "127.0.0.1:0")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	rep, err := Run(ctx, Options{Servers: r.Addrs(), Clients: 300, Duration: time.Second, Drain: 5 * time.Second, Size: 64})

@@ -29,7 +29,8 @@
 # -metrics 127.0.0.1:0; their addresses are printed), BENCH_LOGS (default
 # .run/bench: the processes' logs), BENCH_JSON / BENCH_HTML (report files,
 # default bench-report.json / bench-report.html), SERVER_ARGS / PROXY_ARGS
-# (extra flags for the servers / the proxy, e.g. SERVER_ARGS=-no-route-cache).
+# (extra flags for the servers / the proxy, e.g. SERVER_ARGS=-no-route-cache),
+# RELAY_ARGS (extra flags for the floor relay, e.g. "-relay-impl net").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}
@@ -184,7 +185,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [ "$SCENARIO" = floor ]; then
   # The floor: one relay process, two listeners, nothing else.
-  start relay "$BIN/chat-bench" -relay 127.0.0.1:0,127.0.0.1:0
+  # shellcheck disable=SC2086 # RELAY_ARGS is a word list
+  start relay "$BIN/chat-bench" -relay 127.0.0.1:0,127.0.0.1:0 ${RELAY_ARGS:-}
   wait_log relay "relay listener ready" 15
   until [ "$(grep -c 'relay listener ready' "$LOGS/relay.log")" -ge 2 ]; do sleep 0.05; done
   clients=$(log_addrs relay "relay listener ready")

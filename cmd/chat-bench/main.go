@@ -91,6 +91,7 @@ func run() int {
 		cpuProf   = fs.String("cpuprofile", "", "write a CPU profile of this process (not its workers) to `file`")
 		relay     = fs.String("relay", "", "run as the floor relay instead (SCENARIO=floor): listen on these `addresses` (comma list, port 0 = free) until SIGINT/SIGTERM")
 		relayN    = fs.Int("relay-loops", 0, "event loops of -relay; 0 = GOMAXPROCS")
+		relayImpl = fs.String("relay-impl", "epoll", "transport of -relay: epoll (event loops on raw epoll, the floor) or net (Go's net package, a goroutine per connection, to compare)")
 		compare   = fs.String("compare", "", "print the comparison of interleaved runs instead: JSON reports (-json-file) `a1,b1,a2,b2,...`, a table per pair and the medians")
 	)
 	fs.Usage = func() {
@@ -113,7 +114,7 @@ func run() int {
 		return 2
 	}
 	if *relay != "" {
-		return runRelay(cli.SplitList(*relay), *relayN)
+		return runRelay(cli.SplitList(*relay), *relayImpl, *relayN)
 	}
 	if *compare != "" {
 		return runCompare(cli.SplitList(*compare))
@@ -223,17 +224,26 @@ func run() int {
 // runRelay serves as the floor relay until SIGINT or SIGTERM. It logs
 // each listener as the servers do (msg="relay listener ready" addr=...),
 // so scripts find the addresses the same way.
-func runRelay(addrs []string, loops int) int {
+func runRelay(addrs []string, impl string, loops int) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	r, err := bench.StartRelay(addrs, loops)
+	var r *bench.Relay
+	var err error
+	switch impl {
+	case "epoll":
+		r, err = bench.StartRelay(addrs, loops)
+	case "net":
+		r, err = bench.StartNetRelay(addrs)
+	default:
+		err = fmt.Errorf("-relay-impl %q: want epoll or net", impl)
+	}
 	if err != nil {
 		log.Error("relay failed to start", "err", err)
 		return 1
 	}
 	for _, a := range r.Addrs() {
-		log.Info("relay listener ready", "addr", a)
+		log.Info("relay listener ready", "addr", a, "impl", impl)
 	}
 	<-sigs
 	r.Close()
