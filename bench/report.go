@@ -266,9 +266,14 @@ func writeCosts(b *strings.Builder, r *Report) {
 		}
 		p("           %-10s %8.2f %22s %9s %12s\n", g.name, g.m.CPUMicros, optf(g.m.CtxSwitches), optf(g.m.Syscalls), optf(g.m.RWSyscalls))
 	}
-	p("           syscalls: every system call, %s; read+write: /proc/PID/io syscr+syscw\n", r.SyscallSource)
-	p("           (read, readv, pread, write, writev, pwrite; not epoll_wait, futex, sendmsg, recvmsg);\n")
-	p("           ctx switches: voluntary+involuntary summed over /proc/PID/task/*/status\n")
+	if strings.HasPrefix(r.SyscallSource, "perf") {
+		p("           syscalls: every system call (%s);\n", r.SyscallSource)
+	} else {
+		p("           syscalls: %s;\n", r.SyscallSource)
+	}
+	p("           read+write: /proc/PID/io syscr+syscw (read, readv, pread, write, writev, pwrite;\n")
+	p("           not epoll_wait, futex, sendmsg, recvmsg); ctx switches: voluntary+involuntary summed\n")
+	p("           over /proc/PID/task/*/status\n")
 }
 
 // optf formats a figure that may be missing (-1).
