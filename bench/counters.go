@@ -63,56 +63,39 @@ type countSample struct {
 // parseCtxSwitches reads voluntary_ctxt_switches and
 // nonvoluntary_ctxt_switches from a /proc/.../status file.
 func parseCtxSwitches(b []byte) (c ctxCount, ok bool) {
-	var seen int
-	for _, line := range bytes.Split(b, []byte{'\n'}) {
-		k, v, found := bytes.Cut(line, []byte{':'})
-		if !found {
-			continue
-		}
-		var dst *int64
-		switch string(k) {
-		case "voluntary_ctxt_switches":
-			dst = &c.vol
-		case "nonvoluntary_ctxt_switches":
-			dst = &c.invol
-		default:
-			continue
-		}
-		n, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
-		if err != nil {
-			return c, false
-		}
-		*dst = n
-		seen++
-	}
-	return c, seen == 2
+	ok = procFields(b, []string{"voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"}, &c.vol, &c.invol)
+	return c, ok
 }
 
 // parseIO reads syscr and syscw from /proc/PID/io.
 func parseIO(b []byte) (syscr, syscw int64, ok bool) {
-	var seen int
+	ok = procFields(b, []string{"syscr", "syscw"}, &syscr, &syscw)
+	return syscr, syscw, ok
+}
+
+// procFields reads the integer values of the "key: value" lines named by
+// keys into dst (in the same order); ok when each key was found once with
+// a number.
+func procFields(b []byte, keys []string, dst ...*int64) bool {
+	seen := 0
 	for _, line := range bytes.Split(b, []byte{'\n'}) {
 		k, v, found := bytes.Cut(line, []byte{':'})
 		if !found {
 			continue
 		}
-		var dst *int64
-		switch string(k) {
-		case "syscr":
-			dst = &syscr
-		case "syscw":
-			dst = &syscw
-		default:
-			continue
+		for i, key := range keys {
+			if string(k) != key {
+				continue
+			}
+			n, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
+			if err != nil {
+				return false
+			}
+			*dst[i] = n
+			seen++
 		}
-		n, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
-		if err != nil {
-			return 0, 0, false
-		}
-		*dst = n
-		seen++
 	}
-	return syscr, syscw, seen == 2
+	return seen == len(keys)
 }
 
 // readThreadSwitches reads the context switches of every thread of pid
