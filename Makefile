@@ -40,6 +40,11 @@ fuzz:
 	  done; \
 	done
 
+# make bench [SCENARIO=...] [BENCH_ARGS="chat-bench flags"]. SCENARIO=floor runs
+# the anchor load against chat-bench's minimal relay (the machine's floor);
+# SCENARIO=anchor-floor PAIRS=3 interleaves two scenarios, a table per pair.
+# TOPOLOGY=mesh, TRANSPORT=ws, BENCH_METRICS=1, NSERVERS=N, PAIRS=N and the
+# rest of scripts/bench.sh's variables reach it from the make command line.
 bench: build deps
 	BIN=$(BIN) SCENARIO=$(SCENARIO) scripts/bench.sh $(BENCH_ARGS)
 

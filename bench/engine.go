@@ -15,6 +15,7 @@ import (
 	"time"
 
 	hdr "github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,15 +28,15 @@ const numShards = 32
 const readBufSize = 4096
 
 // client is one simulated user: one TCP connection speaking the line
-// protocol. The reader goroutine owns br; writes go through wmu because the
-// sender and the pinger share the connection.
+// protocol, or WebSocket. The reader goroutine owns lines; writes go
+// through wmu because the sender and the pinger share the connection.
 type client struct {
 	local int    // index in engine.clients
 	idx   int    // global index: name suffix and server choice
 	name  string // login name
 	srv   int    // index in Options.Servers
 	conn  net.Conn
-	br    *bufio.Reader
+	lines lineSource
 
 	wmu sync.Mutex // serialises writes to conn
 
@@ -67,6 +68,7 @@ type engine struct {
 	tag    [tagLen]byte
 	base   time.Time
 	srcIPs []net.IP
+	ws     bool // Transport is WebSocket
 
 	clients []*client
 	pairs   []pairState
@@ -96,7 +98,7 @@ type engine struct {
 func newEngine(o Options, lo, hi int, tag [tagLen]byte, srcIPs []net.IP) *engine {
 	n := hi - lo
 	e := &engine{
-		o: o, lo: lo, hi: hi, tag: tag, base: time.Now(), srcIPs: srcIPs,
+		o: o, lo: lo, hi: hi, tag: tag, base: time.Now(), srcIPs: srcIPs, ws: o.Transport == TransportWS,
 		clients:  make([]*client, n),
 		shards:   newShards(numShards),
 		sendStop: make(chan struct{}),
@@ -263,16 +265,28 @@ func (e *engine) login(ctx context.Context, c *client) (dial, login time.Duratio
 	if err != nil {
 		return 0, 0, fmt.Errorf("connect: %s", errText(err))
 	}
+	_ = conn.SetDeadline(time.Now().Add(e.o.ConnectTimeout))
+	var lines lineSource
+	login1 := appendLogin(nil, c.name)
+	if e.ws {
+		// The opening handshake counts as part of connecting.
+		br, err := wsUpgrade(conn, addr)
+		if err != nil {
+			conn.Close()
+			return 0, 0, fmt.Errorf("websocket handshake: %s", errText(err))
+		}
+		lines = newWSLines(br, conn, &c.wmu)
+		login1 = appendWSText(nil, login1, ws.NewMask())
+	} else {
+		lines = &tcpLines{br: bufio.NewReaderSize(conn, readBufSize)}
+	}
 	t1 := time.Now()
-	_ = conn.SetDeadline(t1.Add(e.o.ConnectTimeout))
-	if _, err := conn.Write(appendLogin(nil, c.name)); err != nil {
+	if _, err := conn.Write(login1); err != nil {
 		conn.Close()
 		return 0, 0, fmt.Errorf("login write: %s", errText(err))
 	}
-	br := bufio.NewReaderSize(conn, readBufSize)
-	var long []byte
 	for {
-		line, err := readLine(br, &long)
+		line, err := lines.next()
 		if err != nil {
 			conn.Close()
 			return 0, 0, fmt.Errorf("login read: %s", errText(err))
@@ -302,11 +316,11 @@ func (e *engine) login(ctx context.Context, c *client) (dial, login time.Duratio
 	}
 	t2 := time.Now()
 	_ = conn.SetDeadline(time.Time{})
-	c.conn, c.br = conn, br
+	c.conn, c.lines = conn, lines
 	c.alive.Store(true)
 	e.connected.Add(1)
 	e.readWG.Add(1)
-	go e.readLoop(c, long)
+	go e.readLoop(c)
 	return t1.Sub(t0), t2.Sub(t1), nil
 }
 
@@ -328,10 +342,10 @@ func errText(err error) string {
 }
 
 // readLoop reads c's lines until the connection closes.
-func (e *engine) readLoop(c *client, long []byte) {
+func (e *engine) readLoop(c *client) {
 	defer e.readWG.Done()
 	for {
-		line, err := readLine(c.br, &long)
+		line, err := c.lines.next()
 		if err != nil {
 			if c.alive.Swap(false) && !e.stopping.Load() {
 				e.errs.add("disconnected: "+errText(err), 1)
@@ -569,7 +583,7 @@ func (e *engine) sender(c *client) {
 		return
 	}
 	rng := rand.New(rand.NewPCG(uint64(e.o.Seed)^0x9e3779b97f4a7c15, uint64(c.idx)))
-	var buf []byte
+	var buf, line []byte
 	var batch []outMsg
 	var id uint64
 	add := func(ts int64) {
@@ -579,7 +593,12 @@ func (e *engine) sender(c *client) {
 		p.sent++
 		st := stamp{sender: c.idx, slot: k, seq: p.sent, ts: ts}
 		id++
-		buf = appendChat(buf, e.clients[p.recv].name, &e.tag, st, e.o.Size, id, e.o.Ack)
+		if e.ws {
+			line = appendChat(line[:0], e.clients[p.recv].name, &e.tag, st, e.o.Size, id, e.o.Ack)
+			buf = appendWSText(buf, line, maskOf(rng.Uint32()))
+		} else {
+			buf = appendChat(buf, e.clients[p.recv].name, &e.tag, st, e.o.Size, id, e.o.Ack)
+		}
 		batch = append(batch, outMsg{pair: pi, seq: p.sent, end: len(buf), measured: ts >= e.measureStart.Load() && ts < e.measureEnd.Load(), cross: p.cross})
 	}
 	flush := func() bool {
@@ -690,7 +709,7 @@ func (e *engine) pinger() {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	sent := 0
-	var buf []byte
+	var buf, frame []byte
 	for {
 		select {
 		case <-e.sendStop:
@@ -711,6 +730,10 @@ func (e *engine) pinger() {
 			buf = append(buf[:0], `{"cmd":"ping","id":`...)
 			buf = strconv.AppendInt(buf, e.now(), 10)
 			buf = append(buf, "}\n"...)
+			if e.ws {
+				frame = appendWSText(frame[:0], buf, ws.NewMask())
+				buf, frame = frame, buf
+			}
 			// Counted before the write, so a fast pong never finds more
 			// pongs than pings; a failed write takes it back.
 			e.count(c.local, func(c *Counters) { c.PingsSent++ })

@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"encoding/json"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -10,6 +11,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
 )
 
 // fault is what the fake server does to one chat.
@@ -32,6 +36,7 @@ type fakeServer struct {
 	dir *fakeDir
 	wg  sync.WaitGroup
 	id  string
+	ws  bool // speak WebSocket (text frames) instead of lines
 
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
@@ -59,11 +64,18 @@ type fakeConn struct {
 	c    net.Conn
 	wmu  sync.Mutex
 	name string
+	ws   bool
 }
 
+// write sends one reply line; over WebSocket, as one text frame that keeps
+// the line's trailing newline (which the contract allows).
 func (fc *fakeConn) write(b []byte) {
 	fc.wmu.Lock()
-	_, _ = fc.c.Write(b)
+	if fc.ws {
+		_ = wsutil.WriteServerText(fc.c, b)
+	} else {
+		_, _ = fc.c.Write(b)
+	}
 	fc.wmu.Unlock()
 }
 
@@ -75,11 +87,22 @@ func newFakeDir(f fault, at int64) *fakeDir {
 // cleanup stops it and waits for its goroutines.
 func startFake(t *testing.T, id string, dir *fakeDir) *fakeServer {
 	t.Helper()
+	return startFakeServer(t, id, dir, false)
+}
+
+// startFakeWS starts a fake server that speaks WebSocket.
+func startFakeWS(t *testing.T, id string, dir *fakeDir) *fakeServer {
+	t.Helper()
+	return startFakeServer(t, id, dir, true)
+}
+
+func startFakeServer(t *testing.T, id string, dir *fakeDir, ws bool) *fakeServer {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &fakeServer{t: t, ln: ln, dir: dir, id: id, conns: map[net.Conn]struct{}{}, sources: map[string]int{}}
+	s := &fakeServer{t: t, ln: ln, dir: dir, id: id, ws: ws, conns: map[net.Conn]struct{}{}, sources: map[string]int{}}
 	s.wg.Add(1)
 	go s.accept()
 	t.Cleanup(s.close)
@@ -127,7 +150,33 @@ type fakeReq struct {
 func (s *fakeServer) serve(c net.Conn) {
 	defer s.wg.Done()
 	defer c.Close()
-	fc := &fakeConn{c: c}
+	fc := &fakeConn{c: c, ws: s.ws}
+	var in io.Reader = c
+	if s.ws {
+		if _, err := ws.Upgrade(c); err != nil {
+			return
+		}
+		// Each text frame carries one request (or several lines).
+		pr, pw := io.Pipe()
+		defer pr.Close()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			for {
+				data, op, err := wsutil.ReadClientData(c)
+				if err != nil {
+					pw.CloseWithError(err)
+					return
+				}
+				if op == ws.OpText {
+					if _, err := pw.Write(append(data, '\n')); err != nil {
+						return
+					}
+				}
+			}
+		}()
+		in = pr
+	}
 	defer func() {
 		if fc.name != "" {
 			s.dir.mu.Lock()
@@ -137,7 +186,7 @@ func (s *fakeServer) serve(c net.Conn) {
 			s.dir.mu.Unlock()
 		}
 	}()
-	sc := bufio.NewScanner(c)
+	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 4096), 1<<20)
 	for sc.Scan() {
 		var q fakeReq

@@ -26,11 +26,13 @@ func (r *Report) WriteHTML(w io.Writer) error {
 		Dist       template.HTML
 		Throughput template.HTML
 		LatTime    template.HTML
+		Costs      template.HTML
 		JSON       template.JS
 	}{R: r, Text: text.String(), JSON: template.JS(strings.ReplaceAll(string(js), "</", `<\/`))}
 	data.Dist = template.HTML(distChart(r.Distribution))
 	data.Throughput = template.HTML(throughputChart(r.Timeline))
 	data.LatTime = template.HTML(latencyTimeChart(r.Timeline))
+	data.Costs = template.HTML(costTable(r))
 	return htmlPage.Execute(w, data)
 }
 
@@ -45,18 +47,66 @@ svg{background:#fff;border:1px solid #ddd}
 svg text{font:11px system-ui,sans-serif;fill:#444}
 .grid{stroke:#eee}.axis{stroke:#888}
 .warn{color:#a40}
+table{border-collapse:collapse;font-size:13px}td,th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right}
+td:first-child,th:first-child{text-align:left}tr.sum td{font-weight:bold}
+.note{font-size:12px;color:#555}
 </style></head><body>
 <h1>chat-bench report{{if .R.Scenario}}: {{.R.Scenario}}{{end}}</h1>
 {{if .R.Interrupted}}<p class="warn">Interrupted: the figures cover the part that ran.</p>{{end}}
 {{range .R.Warnings}}<p class="warn">Warning: {{.}}</p>{{end}}
 <h2>Summary</h2>
 <pre>{{.Text}}</pre>
+{{if .Costs}}<h2>Cost per delivered message (measured window)</h2>{{.Costs}}{{end}}
 {{if .Dist}}<h2>Latency distribution (send to receipt, measured window)</h2>{{.Dist}}{{end}}
 {{if .Throughput}}<h2>Throughput over time</h2>{{.Throughput}}{{end}}
 {{if .LatTime}}<h2>Latency over time (deliveries of each second)</h2>{{.LatTime}}{{end}}
 <script type="application/json" id="report">{{.JSON}}</script>
 </body></html>
 `))
+
+// costTable is the per-process table of costs per delivered message, with
+// the sums over the servers and over all the -pids processes; "" when the
+// run has none.
+func costTable(r *Report) string {
+	if r.TotalCost == nil {
+		return ""
+	}
+	esc := template.HTMLEscapeString
+	var b strings.Builder
+	b.WriteString(`<table><tr><th>process</th><th>CPU µs</th><th>context switches</th><th>voluntary</th><th>involuntary</th><th>system calls</th><th>read+write calls</th><th>CPU %</th></tr>`)
+	for _, pr := range r.Processes {
+		fmt.Fprintf(&b, `<tr><td>%s (pid %d)</td><td>%.2f</td>`, esc(pr.Name), pr.PID, pr.CPUMicrosPerMsg)
+		if c := pr.Counts; c != nil {
+			vol, n := 0.0, c.CtxVoluntary+c.CtxInvoluntary
+			if n > 0 {
+				vol = c.CtxPerMsg * float64(c.CtxVoluntary) / float64(n)
+			}
+			sys := "–"
+			if c.Syscalls >= 0 {
+				sys = fmt.Sprintf("%.3f", c.SyscallsPerMsg)
+			}
+			fmt.Fprintf(&b, `<td>%.3f</td><td>%.3f</td><td>%.3f</td><td>%s</td><td>%.3f</td>`, c.CtxPerMsg, vol, c.CtxPerMsg-vol, sys, c.RWPerMsg)
+		} else {
+			b.WriteString(`<td>–</td><td>–</td><td>–</td><td>–</td><td>–</td>`)
+		}
+		fmt.Fprintf(&b, `<td>%.0f</td></tr>`, pr.CPUPercent)
+	}
+	for _, g := range []struct {
+		name string
+		m    *MsgCost
+	}{{"servers", r.ServersCost}, {"all -pids", r.TotalCost}} {
+		if g.m == nil {
+			continue
+		}
+		fmt.Fprintf(&b, `<tr class="sum"><td>%s: %s</td><td>%.2f</td><td>%s</td><td></td><td></td><td>%s</td><td>%s</td><td></td></tr>`,
+			esc(g.name), esc(strings.Join(g.m.Processes, " + ")), g.m.CPUMicros, optf(g.m.CtxSwitches), optf(g.m.Syscalls), optf(g.m.RWSyscalls))
+	}
+	b.WriteString(`</table>`)
+	fmt.Fprintf(&b, `<p class="note">Each figure is the process's count over the measured window divided by the messages delivered in it. `+
+		`Context switches: voluntary + involuntary, summed over /proc/PID/task/*/status. System calls: every call, %s. `+
+		`Read+write calls: /proc/PID/io syscr + syscw (read, readv, pread, write, writev, pwrite; not epoll_wait, futex, sendmsg, recvmsg).</p>`, esc(r.SyscallSource))
+	return b.String()
+}
 
 // series is one line of a chart.
 type series struct {

@@ -18,10 +18,15 @@ import (
 // Options configures one run. The zero value of every field is documented;
 // Run fills defaults where zero means "default".
 type Options struct {
-	// Servers are the client addresses of the message servers. Client i
-	// connects to Servers[i%len(Servers)], so the bench knows where every
-	// user is logged in. Required.
+	// Servers are the client addresses of the message servers (host:port;
+	// their WebSocket addresses when Transport is "ws"). Client i connects
+	// to Servers[i%len(Servers)], so the bench knows where every user is
+	// logged in. Required.
 	Servers []string `json:"servers"`
+	// Transport is how clients talk to the servers: TransportTCP (lines)
+	// or TransportWS (WebSocket text frames, upgraded on path /). Zero
+	// value: TCP.
+	Transport string `json:"transport"`
 	// Clients is the number of clients (users). Zero means 1000.
 	Clients int `json:"clients"`
 	// Duration is how long the measured phase lasts (after Warmup). Zero
@@ -86,8 +91,13 @@ type Options struct {
 	// Seed seeds recipient choice; zero picks one from the clock (the
 	// report shows it, so a run can be repeated).
 	Seed int64 `json:"seed"`
-	// Pids are processes under test to sample from /proc (CPU, RSS).
+	// Pids are processes under test to sample from /proc (CPU, RSS,
+	// context switches, read and write calls) and perf (system calls).
 	Pids []ProcSpec `json:"pids"`
+	// NoPerf leaves out the perf counters of the Pids (every system call,
+	// and context switches as a check). Zero value: they are opened when
+	// the kernel allows it (root, or kernel.perf_event_paranoid <= -1).
+	NoPerf bool `json:"no_perf"`
 	// Scenario is a label copied into the report.
 	Scenario string `json:"scenario"`
 
@@ -142,6 +152,13 @@ func (o Options) withDefaults() (Options, error) {
 		if _, _, err := net.SplitHostPort(s); err != nil {
 			return o, fmt.Errorf("bench: server address %q: %v", s, err)
 		}
+	}
+	switch o.Transport {
+	case "":
+		o.Transport = TransportTCP
+	case TransportTCP, TransportWS:
+	default:
+		return o, fmt.Errorf("bench: transport %q: want tcp or ws", o.Transport)
 	}
 	if o.Clients == 0 {
 		o.Clients = 1000

@@ -151,9 +151,14 @@ type procTracker struct {
 	errs  []string     // first error per process
 	ok    []bool       // first is valid
 	files []procFile   // each process's /proc/PID/stat
+	// counters read the context switches and system calls at the edges
+	// of the measured window; nil for a tracker without them.
+	counters []*counterSet
 }
 
-func newProcTracker(specs []ProcSpec) *procTracker {
+// newProcTracker starts sampling specs. withCounters also prepares their
+// event counters (readCounters), with perf counters unless noPerf.
+func newProcTracker(specs []ProcSpec, withCounters, noPerf bool) *procTracker {
 	t := &procTracker{
 		specs: specs,
 		first: make([]procSample, len(specs)),
@@ -165,6 +170,9 @@ func newProcTracker(specs []ProcSpec) *procTracker {
 	}
 	for i, sp := range specs {
 		t.files[i].path = "/proc/" + strconv.Itoa(sp.PID) + "/stat"
+		if withCounters {
+			t.counters = append(t.counters, newCounterSet(sp.PID, !noPerf))
+		}
 	}
 	for i, s := range t.sample() {
 		t.first[i] = s
@@ -193,10 +201,26 @@ func (t *procTracker) sample() []procSample {
 	return out
 }
 
-// close releases the open /proc files.
+// readCounters reads every process's event counters; nil for a tracker
+// without them.
+func (t *procTracker) readCounters() []countSample {
+	if t.counters == nil {
+		return nil
+	}
+	out := make([]countSample, len(t.counters))
+	for i, cs := range t.counters {
+		out[i] = cs.read()
+	}
+	return out
+}
+
+// close releases the open /proc files and perf counters.
 func (t *procTracker) close() {
 	for i := range t.files {
 		t.files[i].close()
+	}
+	for _, cs := range t.counters {
+		cs.close()
 	}
 }
 

@@ -52,6 +52,12 @@ type Report struct {
 	// before connecting to the end of the measured window, divided by the
 	// clients logged in (bytes). Meaningful in hold mode.
 	RSSGrowthPerConn float64 `json:"rss_growth_per_conn"`
+	// ServersCost sums the per-message costs of the -pids processes that
+	// are message servers (named s1, s2, ...); TotalCost of all of them.
+	ServersCost *MsgCost `json:"servers_per_msg,omitempty"`
+	TotalCost   *MsgCost `json:"total_per_msg,omitempty"`
+	// SyscallSource says where the system call counts come from.
+	SyscallSource string `json:"syscall_source,omitempty"`
 	// Machine splits the CPU time of the whole machine during the
 	// measured window; on a shared machine Other shows the disturbance.
 	Machine MachineCPU `json:"machine"`
@@ -90,7 +96,12 @@ type ProcReport struct {
 	PeakRSS    int64   `json:"peak_rss"`   // max of VmHWM and every sample
 	// GrowthPerConn is (RSSAfter - RSSBefore) / clients logged in.
 	GrowthPerConn float64 `json:"rss_growth_per_conn"`
-	Error         string  `json:"error,omitempty"`
+	// CPUMicrosPerMsg is CPUWindow's rate over the deliveries' rate.
+	CPUMicrosPerMsg float64 `json:"cpu_us_per_msg,omitempty"`
+	// Counts are the process's context switches and system calls in the
+	// window (nil in hold mode or when they could not be read).
+	Counts *ProcCounts `json:"counts,omitempty"`
+	Error  string      `json:"error,omitempty"`
 }
 
 // MachineCPU is CPU use during the measured window in percent of one core
@@ -201,6 +212,7 @@ func (r *Report) WriteText(w io.Writer) error {
 		if r.Mode != "hold" && r.CPUMicrosPerMsg > 0 {
 			p("cpu/msg    %.2f us of CPU per delivered message, summed over the processes above\n", r.CPUMicrosPerMsg)
 		}
+		writeCosts(&b, r)
 		if r.RSSGrowthPerConn != 0 {
 			p("memory     %s of RSS growth per logged-in client, summed over the processes above\n", bytesH(int64(r.RSSGrowthPerConn)))
 		}
@@ -221,6 +233,55 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeCosts writes the table of costs per delivered message.
+func writeCosts(b *strings.Builder, r *Report) {
+	if r.TotalCost == nil {
+		return
+	}
+	p := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }
+	p("per msg    %-10s %8s %22s %9s %12s\n", "name", "cpu us", "ctx switches (vol+inv)", "syscalls", "read+write")
+	for _, pr := range r.Processes {
+		ctx, sys, rw := "-", "-", "-"
+		if c := pr.Counts; c != nil {
+			vol := 0.0
+			if n := c.CtxVoluntary + c.CtxInvoluntary; n > 0 {
+				vol = c.CtxPerMsg * float64(c.CtxVoluntary) / float64(n)
+			}
+			ctx = fmt.Sprintf("%.3f (%.3f+%.3f)", c.CtxPerMsg, vol, c.CtxPerMsg-vol)
+			if c.Syscalls >= 0 {
+				sys = fmt.Sprintf("%.3f", c.SyscallsPerMsg)
+			}
+			rw = fmt.Sprintf("%.3f", c.RWPerMsg)
+		}
+		p("           %-10s %8.2f %22s %9s %12s\n", pr.Name, pr.CPUMicrosPerMsg, ctx, sys, rw)
+	}
+	for _, g := range []struct {
+		name string
+		m    *MsgCost
+	}{{"servers", r.ServersCost}, {"all -pids", r.TotalCost}} {
+		if g.m == nil || (g.name == "servers" && len(g.m.Processes) == len(r.Processes)) {
+			continue
+		}
+		p("           %-10s %8.2f %22s %9s %12s\n", g.name, g.m.CPUMicros, optf(g.m.CtxSwitches), optf(g.m.Syscalls), optf(g.m.RWSyscalls))
+	}
+	if strings.HasPrefix(r.SyscallSource, "perf") {
+		p("           syscalls: every system call (%s);\n", r.SyscallSource)
+	} else {
+		p("           syscalls: %s;\n", r.SyscallSource)
+	}
+	p("           read+write: /proc/PID/io syscr+syscw (read, readv, pread, write, writev, pwrite;\n")
+	p("           not epoll_wait, futex, sendmsg, recvmsg); ctx switches: voluntary+involuntary summed\n")
+	p("           over /proc/PID/task/*/status\n")
+}
+
+// optf formats a figure that may be missing (-1).
+func optf(v float64) string {
+	if v < 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.3f", v)
 }
 
 // us formats microseconds.

@@ -121,7 +121,7 @@ func newCoordinator(o Options) (*coordinator, error) {
 		Scenario: o.Scenario, Mode: o.mode(), Tag: string(tag[:]), Seed: o.Seed,
 		Started: time.Now(), Options: o, Workers: o.Procs,
 	}
-	c.sut = newProcTracker(o.Pids)
+	c.sut = newProcTracker(o.Pids, true, o.NoPerf)
 	c.hs = make([]handle, o.Procs)
 	benchSpecs := []ProcSpec{{Name: "bench", PID: os.Getpid()}}
 	if o.Procs == 1 {
@@ -140,7 +140,7 @@ func newCoordinator(o Options) (*coordinator, error) {
 			benchSpecs = append(benchSpecs, ProcSpec{Name: fmt.Sprintf("worker%d", p+1), PID: h.cmd.Process.Pid})
 		}
 	}
-	c.self = newProcTracker(benchSpecs)
+	c.self = newProcTracker(benchSpecs, false, true)
 	c.runStart = time.Now()
 	return c, nil
 }
@@ -278,13 +278,17 @@ type windowSamples struct {
 	taken        bool
 	sut0, sut1   []procSample
 	self0, self1 []procSample
+	cnt0, cnt1   []countSample // the -pids processes' event counters
 	mach0, mach1 machineSample
 }
 
-// sample takes the readings for one end of the window.
-func (c *coordinator) sample() (sut, self []procSample, mach machineSample) {
+// sample takes the readings for one end of the window. The event
+// counters are read after the CPU samples: reading every thread's status
+// takes a while, and each figure is a rate over its own readings' times.
+func (c *coordinator) sample() (sut, self []procSample, cnt []countSample, mach machineSample) {
 	c.samplerMu.Lock()
 	sut, self = c.sut.sample(), c.self.sample()
+	cnt = c.sut.readCounters()
 	c.samplerMu.Unlock()
 	mach, _, _ = machineCPU(&c.stat)
 	return
@@ -312,7 +316,7 @@ func (c *coordinator) sendPhase(ctx context.Context) windowSamples {
 			sleepCtx(ctx, o.Warmup)
 			c.setPhase("measure")
 		}
-		w.sut0, w.self0, w.mach0 = c.sample()
+		w.sut0, w.self0, w.cnt0, w.mach0 = c.sample()
 		w.taken = true
 		sleepCtx(ctx, time.Until(sendStart.Add(o.Warmup+o.Duration)))
 	}
@@ -330,7 +334,7 @@ func (c *coordinator) sendPhase(ctx context.Context) windowSamples {
 		h.stop(drain)
 	}
 	if w.taken {
-		w.sut1, w.self1, w.mach1 = c.sample()
+		w.sut1, w.self1, w.cnt1, w.mach1 = c.sample()
 	}
 	c.setPhase("drain")
 	return w
@@ -383,6 +387,9 @@ func (c *coordinator) assemble(ers []engineResult, w windowSamples) error {
 	c.samplerMu.Unlock()
 	r.Processes = procReports(c.sut, w.sut0, w.sut1, final, r.Connect.Connected)
 	r.Bench = procReports(c.self, nil, nil, c.self.last, 0)
+	if w.taken && r.Mode != "hold" {
+		c.addCosts(w)
+	}
 	if w.taken && len(o.Pids) > 0 {
 		// CPU per second between the samples over deliveries per second
 		// in the engines' window: the spans differ by the time the
@@ -420,6 +427,39 @@ func (c *coordinator) assemble(ers []engineResult, w windowSamples) error {
 	}
 	r.Warnings = c.warnings
 	return nil
+}
+
+// addCosts fills each process's cost per delivered message (CPU, context
+// switches, system calls) and the sums over the servers and over all the
+// -pids processes.
+func (c *coordinator) addCosts(w windowSamples) {
+	r := c.r
+	if r.DeliveredPerSec <= 0 {
+		return
+	}
+	for i := range r.Processes {
+		pr := &r.Processes[i]
+		pr.CPUMicrosPerMsg = cpuRate(w.sut0[i:i+1], w.sut1[i:i+1]) * 1e6 / r.DeliveredPerSec
+		if i < len(w.cnt0) && i < len(w.cnt1) {
+			pc, ok := procCounts(w.cnt0[i], w.cnt1[i], r.DeliveredPerSec, c.sut.counters[i].perfErr)
+			if ok {
+				pr.Counts = &pc
+				if pc.ThreadsExited > 0 {
+					c.warnings = append(c.warnings, fmt.Sprintf("%s: %d thread(s) exited during the window; their context switches are missing from the /proc figure", pr.Name, pc.ThreadsExited))
+				}
+				if r.SyscallSource == "" && pc.Syscalls < 0 {
+					r.SyscallSource = "not counted: " + pc.PerfMissing
+				}
+			} else if e := w.cnt1[i].Err + w.cnt0[i].Err; e != "" && pr.Error == "" {
+				pr.Error = e
+			}
+		}
+	}
+	if r.SyscallSource == "" {
+		r.SyscallSource = "perf raw_syscalls:sys_enter"
+	}
+	r.ServersCost = sumCost(r.Processes, isServerName)
+	r.TotalCost = sumCost(r.Processes, func(string) bool { return true })
 }
 
 // sleepCtx sleeps for d or until ctx is done.

@@ -14,6 +14,10 @@ func TestMain(m *testing.M) {
 	if IsWorker() {
 		os.Exit(WorkerMain())
 	}
+	if os.Getenv(probeEnv) == "1" {
+		probeChild()
+		os.Exit(0)
+	}
 	os.Exit(m.Run())
 }
 
@@ -180,3 +184,42 @@ func TestRunInterrupted(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestRunCosts: with -pids, every process gets its CPU, context switches
+// and read/write calls per delivered message (and every system call when
+// perf counters can be opened here), and the sums are filled.
+func TestRunCosts(t *testing.T) {
+	r := runFake(t, newFakeDir(faultNone, 0), Options{Clients: 20, Duration: 500 * time.Millisecond,
+		Pids: []ProcSpec{{Name: "s1", PID: os.Getpid()}, {Name: "self", PID: os.Getpid()}}})
+	if len(r.Processes) != 2 || r.TotalCost == nil || r.ServersCost == nil {
+		t.Fatalf("processes %+v total %+v servers %+v", r.Processes, r.TotalCost, r.ServersCost)
+	}
+	pr := r.Processes[0]
+	c := pr.Counts
+	if c == nil || pr.CPUMicrosPerMsg <= 0 || c.CtxPerMsg <= 0 || c.RWPerMsg <= 0 || c.Syscr <= 0 || c.Syscw <= 0 {
+		t.Fatalf("process %+v counts %+v", pr, c)
+	}
+	if got := r.ServersCost.Processes; len(got) != 1 || got[0] != "s1" {
+		t.Errorf("servers %v, want [s1]", got)
+	}
+	if d := r.TotalCost.CPUMicros - 2*pr.CPUMicrosPerMsg; d > 0.5*pr.CPUMicrosPerMsg || d < -0.5*pr.CPUMicrosPerMsg {
+		t.Errorf("total cpu %v, per process %v", r.TotalCost.CPUMicros, pr.CPUMicrosPerMsg)
+	}
+	if c.Syscalls >= 0 {
+		// perf counts every call, so at least the read and write ones.
+		if c.Syscalls < c.Syscr+c.Syscw || r.SyscallSource != "perf raw_syscalls:sys_enter" {
+			t.Errorf("perf syscalls %d < syscr+syscw %d (source %q)", c.Syscalls, c.Syscr+c.Syscw, r.SyscallSource)
+		}
+	} else {
+		t.Logf("perf not counting here: %s", c.PerfMissing)
+	}
+	var b strings.Builder
+	_ = r.WriteText(&b)
+	if !strings.Contains(b.String(), "per msg") {
+		t.Errorf("text report lacks the per-message table")
+	}
+	var h strings.Builder
+	if err := r.WriteHTML(&h); err != nil || !strings.Contains(h.String(), "Cost per delivered message") || !strings.Contains(h.String(), "servers: s1") {
+		t.Errorf("HTML report lacks the cost table (%v)", err)
+	}
+}

@@ -427,7 +427,7 @@ func TestSourceAddresses(t *testing.T) {
 }
 
 func TestProcSampling(t *testing.T) {
-	tr := newProcTracker([]ProcSpec{{"self", os.Getpid()}, {"gone", 1 << 30}})
+	tr := newProcTracker([]ProcSpec{{"self", os.Getpid()}, {"gone", 1 << 30}}, false, true)
 	defer tr.close()
 	a := tr.sample()
 	for end := time.Now().Add(50 * time.Millisecond); time.Now().Before(end); {

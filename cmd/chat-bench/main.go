@@ -1,11 +1,13 @@
 // Command chat-bench is the load generator of the chat servers: it logs in
-// thousands of plain TCP line clients (the bytes a telnet user types), has
-// them chat, checks every message end to end and prints a report.
+// thousands of plain TCP line clients (the bytes a telnet user types), or
+// WebSocket clients with -transport ws, has them chat, checks every message
+// end to end and prints a report.
 //
 //	chat-bench -servers 127.0.0.1:9501,127.0.0.1:9502 -clients 5000 -duration 10s
 //
-// -scenario picks a preset (mixed, cross, local, hold, anchor, latency);
-// flags given explicitly override it. The first Ctrl-C stops the run and
+// -scenario picks a preset (mixed, cross, local, hold, anchor, latency,
+// floor); flags given explicitly override it. With -relay it is instead the
+// floor relay that SCENARIO=floor runs the anchor load against. The first Ctrl-C stops the run and
 // still prints what was measured; a second one exits at once.
 package main
 
@@ -14,6 +16,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -43,6 +46,8 @@ var scenarios = map[string]struct {
 		map[string]string{"clients": "2000", "rate": "0", "window": "8", "size": "64", "cross": "0.5", "duration": "10s", "warmup": "2s"}},
 	"latency": {"2,000 clients offering 20,000 msg/s in open loop, half crossing: latency at load",
 		map[string]string{"clients": "2000", "rate": "20000", "size": "64", "cross": "0.5", "duration": "10s", "warmup": "2s"}},
+	"floor": {"the anchor load against the minimal relay (chat-bench -relay): the machine's floor cost per message",
+		map[string]string{"clients": "2000", "rate": "0", "window": "8", "size": "64", "cross": "0.5", "duration": "10s", "warmup": "2s"}},
 }
 
 func main() {
@@ -55,7 +60,8 @@ func main() {
 func run() int {
 	fs := flag.NewFlagSet("chat-bench", flag.ContinueOnError)
 	var (
-		servers   = fs.String("servers", "127.0.0.1:9501,127.0.0.1:9502", "client `addresses` of the message servers, comma list; client i uses server i mod n")
+		servers   = fs.String("servers", "127.0.0.1:9501,127.0.0.1:9502", "client `addresses` of the message servers, comma list (their -ws-listen addresses with -transport ws); client i uses server i mod n")
+		transport = fs.String("transport", "tcp", "tcp (JSON lines) or ws (WebSocket: one text frame per request, one JSON object per frame received)")
 		clients   = fs.Int("clients", 1000, "number of clients (users)")
 		duration  = fs.Duration("duration", 10*time.Second, "length of the measured phase (the hold in -hold mode)")
 		rate      = fs.Float64("rate", 0, "total offered chats per second (open loop); 0 = saturation, each client keeps -window chats in flight")
@@ -71,7 +77,8 @@ func run() int {
 		ping      = fs.Duration("ping", 0, "ping interval per client; 0 = none (10s in -hold mode)")
 		procs     = fs.Int("procs", 0, "worker processes holding the clients; 0 = one per 15,000 clients")
 		srcIPs    = fs.String("src-ips", "", `local source addresses: "" = automatic (one 127.0.0.x per 10,000 clients when the servers are on loopback), "N" = 127.0.0.1..N, "A-B", "A,B,...", "none"`)
-		pids      = fs.String("pids", "", "processes under test to sample, `name=pid,...` (CPU, RSS)")
+		pids      = fs.String("pids", "", "processes under test to sample, `name=pid,...` (CPU, RSS, context switches, system calls); names s1, s2, ... are summed as the servers")
+		syscalls  = fs.Bool("syscalls", true, "count every system call of the -pids processes with perf counters (needs root or kernel.perf_event_paranoid <= -1; costs them ~80 ns per call); read and write calls from /proc are counted anyway")
 		htmlOut   = fs.String("html", "", "write a self-contained HTML report to `file`")
 		jsonFile  = fs.String("json-file", "", "also write the JSON report to `file`")
 		scenario  = fs.String("scenario", "", "preset: "+scenarioNames()+"; explicit flags override it")
@@ -82,6 +89,10 @@ func run() int {
 		seed      = fs.Int64("seed", 0, "seed of the recipient choice; 0 = from the clock (the report shows it)")
 		quiet     = fs.Bool("quiet", false, "no live progress line")
 		cpuProf   = fs.String("cpuprofile", "", "write a CPU profile of this process (not its workers) to `file`")
+		relay     = fs.String("relay", "", "run as the floor relay instead (SCENARIO=floor): listen on these `addresses` (comma list, port 0 = free) until SIGINT/SIGTERM")
+		relayN    = fs.Int("relay-loops", 0, "event loops of -relay; 0 = GOMAXPROCS")
+		relayImpl = fs.String("relay-impl", "epoll", "transport of -relay: epoll (event loops on raw epoll, the floor) or net (Go's net package, a goroutine per connection, to compare)")
+		compare   = fs.String("compare", "", "print the comparison of interleaved runs instead: JSON reports (-json-file) `a1,b1,a2,b2,...`, a table per pair and the medians")
 	)
 	fs.Usage = func() {
 		out := fs.Output()
@@ -101,6 +112,12 @@ func run() int {
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "chat-bench: unexpected arguments %q\n", fs.Args())
 		return 2
+	}
+	if *relay != "" {
+		return runRelay(cli.SplitList(*relay), *relayImpl, *relayN)
+	}
+	if *compare != "" {
+		return runCompare(cli.SplitList(*compare))
 	}
 	if *scenario != "" {
 		sc, ok := scenarios[*scenario]
@@ -125,12 +142,12 @@ func run() int {
 		return 2
 	}
 	o := bench.Options{
-		Servers: cli.SplitList(*servers), Clients: *clients, Duration: *duration,
+		Servers: cli.SplitList(*servers), Transport: *transport, Clients: *clients, Duration: *duration,
 		Warmup: *warmup, Rate: *rate, Size: *size, Cross: *cross, CrossSet: true,
 		Window: *window, Drain: *drain, Fanout: *fanout, Ack: *ack, Hold: *hold,
 		Ping: *ping, Procs: *procs, SrcIPs: *srcIPs, ConnectConcurrency: *concur,
 		LoginRate: *loginRate, ConnectTimeout: *cTimeout, Prefix: *prefix, Seed: *seed,
-		Pids: pidList, Scenario: *scenario, Log: os.Stderr,
+		Pids: pidList, NoPerf: !*syscalls, Scenario: *scenario, Log: os.Stderr,
 	}
 	if !*quiet {
 		o.Progress = os.Stderr
@@ -200,6 +217,55 @@ func run() int {
 	}
 	if r.Interrupted {
 		return 130
+	}
+	return 0
+}
+
+// runRelay serves as the floor relay until SIGINT or SIGTERM. It logs
+// each listener as the servers do (msg="relay listener ready" addr=...),
+// so scripts find the addresses the same way.
+func runRelay(addrs []string, impl string, loops int) int {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	var r *bench.Relay
+	var err error
+	switch impl {
+	case "epoll":
+		r, err = bench.StartRelay(addrs, loops)
+	case "net":
+		r, err = bench.StartNetRelay(addrs)
+	default:
+		err = fmt.Errorf("-relay-impl %q: want epoll or net", impl)
+	}
+	if err != nil {
+		log.Error("relay failed to start", "err", err)
+		return 1
+	}
+	for _, a := range r.Addrs() {
+		log.Info("relay listener ready", "addr", a, "impl", impl)
+	}
+	<-sigs
+	r.Close()
+	d, f := r.Stats()
+	log.Info("relay stopped", "delivered", d, "recipient_not_online", f)
+	return 0
+}
+
+// runCompare prints the pair tables of the reports in files.
+func runCompare(files []string) int {
+	var runs []*bench.Report
+	for _, f := range files {
+		r, err := bench.ReadReport(f)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "chat-bench:", err)
+			return 1
+		}
+		runs = append(runs, r)
+	}
+	if err := bench.WritePairs(os.Stdout, runs); err != nil {
+		fmt.Fprintln(os.Stderr, "chat-bench:", err)
+		return 2
 	}
 	return 0
 }
