@@ -2,6 +2,7 @@
 GO        ?= go
 BIN       ?= bin
 SCENARIO  ?= mixed
+TOPOLOGY  ?= proxy
 BENCH_ARGS ?=
 FUZZTIME  ?= 10s
 # Fuzz targets run briefly on every `make test`, longer with `make fuzz`.
@@ -12,11 +13,17 @@ TEST_FUZZTIME ?= 3s
 build:
 	$(GO) build -o $(BIN)/ ./cmd/chat-server ./cmd/chat-proxy ./cmd/chat-bench
 
+# What the tests and the stack need from Debian: redis-server, and for the
+# browser and TLS tests Chromium and haproxy (each script installs its
+# package only when missing).
 deps:
 	@scripts/ensure-redis.sh
+	@scripts/ensure-chromium.sh
+	@scripts/ensure-tls-front.sh
 
-run: build deps
-	BIN=$(BIN) scripts/run.sh
+run: build
+	@scripts/ensure-redis.sh
+	BIN=$(BIN) TOPOLOGY=$(TOPOLOGY) scripts/run.sh
 
 # Every test, race detector on, end-to-end ones included (real redis-server,
 # real binaries), then a short run of each fuzz target.
@@ -25,8 +32,9 @@ test: deps lint unit fuzz-short
 unit:
 	$(GO) test -race -count=1 -timeout 10m ./...
 
-# Fuzz targets: the codec's, and the server's request handler.
-FUZZ_PKGS := ./codec/ ./server/ ./internal/peer/
+# Fuzz targets: the codec's, the server's request handler, the link
+# hello, and the WebSocket framing.
+FUZZ_PKGS := ./codec/ ./server/ ./internal/peer/ ./internal/wsproto/
 
 fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
@@ -45,7 +53,8 @@ fuzz:
 # SCENARIO=anchor-floor PAIRS=3 interleaves two scenarios, a table per pair.
 # TOPOLOGY=mesh, TRANSPORT=ws, BENCH_METRICS=1, NSERVERS=N, PAIRS=N and the
 # rest of scripts/bench.sh's variables reach it from the make command line.
-bench: build deps
+bench: build
+	@scripts/ensure-redis.sh
 	BIN=$(BIN) SCENARIO=$(SCENARIO) scripts/bench.sh $(BENCH_ARGS)
 
 lint:

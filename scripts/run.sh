@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # make run: a local cluster of Redis (started only if none answers on
-# 127.0.0.1:6379), two message servers on 9501/9502 and one proxy, in the
-# foreground. Ctrl-C stops everything this script started. Logs: .run/*.log
+# 127.0.0.1:6379), two message servers on 9501/9502 (WebSocket and the
+# chat page on 9701/9702) and one proxy, in the foreground; with
+# TOPOLOGY=mesh the servers link directly and no proxy runs. Metrics on
+# 9101/9102 (servers) and 9100 (proxy). Ctrl-C stops everything this
+# script started. Logs: .run/*.log
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}
+TOPOLOGY=${TOPOLOGY:-proxy}
+case "$TOPOLOGY" in proxy|mesh) ;; *) echo "error: TOPOLOGY=$TOPOLOGY: want proxy or mesh" >&2; exit 2 ;; esac
 RUN=.run
 mkdir -p "$RUN"
 pids=()
@@ -46,22 +51,33 @@ else
 fi
 
 for n in 1 2; do
-  "$BIN/chat-server" -id "s$n" -listen ":950$n" -peer-listen "127.0.0.1:960$n" -redis 127.0.0.1:6379 -multicore \
+  "$BIN/chat-server" -id "s$n" -listen ":950$n" -peer-listen "127.0.0.1:960$n" -ws-listen ":970$n" \
+    -metrics "127.0.0.1:910$n" -topology "$TOPOLOGY" -redis 127.0.0.1:6379 -multicore \
     >"$RUN/server$n.log" 2>&1 &
   pids+=($!)
 done
-wait_for "$RUN/server1.log" "client listener ready" 10
-wait_for "$RUN/server2.log" "client listener ready" 10
-"$BIN/chat-proxy" -servers s1=127.0.0.1:9601,s2=127.0.0.1:9602 -redis 127.0.0.1:6379 >"$RUN/proxy.log" 2>&1 &
-pids+=($!)
-wait_for "$RUN/proxy.log" "proxy ready" 10
+wait_for "$RUN/server1.log" "client listener ready" 15
+wait_for "$RUN/server2.log" "client listener ready" 15
+if [ "$TOPOLOGY" = mesh ]; then
+  wait_for "$RUN/server1.log" "mesh link up" 15
+  fabric="servers linked directly (mesh)"
+else
+  "$BIN/chat-proxy" -servers s1=127.0.0.1:9601,s2=127.0.0.1:9602 -redis 127.0.0.1:6379 \
+    -metrics 127.0.0.1:9100 >"$RUN/proxy.log" 2>&1 &
+  pids+=($!)
+  wait_for "$RUN/proxy.log" "proxy ready" 10
+  fabric="proxy linked to both"
+fi
 
 cat <<TXT
 
-chat cluster up: servers s1 on :9501 and s2 on :9502, proxy linked to both.
+chat cluster up: servers s1 on :9501 and s2 on :9502, $fabric.
 Connect with:   telnet 127.0.0.1 9501     (and, in another terminal, 9502)
 Then type:      {"cmd":"login","name":"zhima201"}
                 {"cmd":"chat","send":"zhima201","recv":"zhima202","content":"how are youe"}
+In a browser:   http://127.0.0.1:9701/    (and http://127.0.0.1:9702/)
+Metrics:        http://127.0.0.1:9101/metrics, http://127.0.0.1:9102/metrics$([ "$TOPOLOGY" = proxy ] && echo ", http://127.0.0.1:9100/metrics (proxy)")
+                (/healthz and /readyz on the same addresses)
 Logs in $RUN/. Ctrl-C stops the cluster.
 TXT
 wait -n "${pids[@]}" || true

@@ -16,17 +16,24 @@ import (
 // knows the session is gone and cleans up after itself.
 var closedMark = &outcome{}
 
-// openSession sets up a client connection on its loop.
-func (s *Server) openSession(c gnet.Conn, l *batch.Loop) ([]byte, gnet.Action) {
-	if limit := s.maxConns.Load(); limit > 0 && s.stats.Connections.Load() >= limit {
+// openSession sets up a client connection on its loop: TCP lines, or a
+// WebSocket connection (ws) that still has to send its upgrade.
+func (s *Server) openSession(c gnet.Conn, l *batch.Loop, ws bool) ([]byte, gnet.Action) {
+	refuse := func(err codec.ProtoError) ([]byte, gnet.Action) {
+		if ws {
+			return wsRefusal(err), gnet.Close
+		}
+		return codec.AppendError(nil, string(err), nil), gnet.Close
+	}
+	if limit := s.maxConns.Load(); limit > 0 && s.stats.Connections.Load()+s.openLinks.Load() >= limit {
 		s.stats.Refused.Add(1)
 		if s.stats.Refused.Load()%1000 == 1 {
 			s.log.Warn("refusing connections: at the connection cap", "max_conns", limit, "refused_total", s.stats.Refused.Load())
 		}
-		return codec.AppendError(nil, string(codec.ErrServerFull), nil), gnet.Close
+		return refuse(codec.ErrServerFull)
 	}
 	if s.closing.Load() {
-		return codec.AppendError(nil, string(codec.ErrShuttingDown), nil), gnet.Close
+		return refuse(codec.ErrShuttingDown)
 	}
 	ss := &session{s: s}
 	ss.C = c
@@ -34,6 +41,10 @@ func (s *Server) openSession(c gnet.Conn, l *batch.Loop) ([]byte, gnet.Action) {
 	ss.Hooks = ss
 	ss.MaxOut = s.opt.MaxOutbound
 	ss.OnSlow = func() { s.cutSlow(ss) }
+	if ws {
+		ss.ws = newWSState(s.opt.MaxLine)
+		ss.Frame = wsFrame
+	}
 	now := time.Now().UnixNano()
 	ss.lastActive.Store(now)
 	ss.tokens, ss.refilled = float64(s.opt.RateBurst), now
@@ -54,7 +65,7 @@ func (s *Server) cutSlow(ss *session) {
 			return
 		}
 		s.log.Warn("disconnecting slow consumer", "user", ss.name, "remote", ss.C.RemoteAddr(), "pending_bytes", ss.C.OutboundBuffered())
-		_, _ = ss.C.Write(codec.AppendError(nil, string(codec.ErrSlowConsumer), nil))
+		ss.WriteNow(codec.AppendError(nil, string(codec.ErrSlowConsumer), nil), nil)
 		_ = ss.C.Close()
 	})
 }
@@ -98,37 +109,52 @@ func (s *Server) closeSession(ss *session) {
 	}
 }
 
-// serveClient applies a finished off-loop result, then handles every
-// complete line in the inbound buffer until one has to wait on Redis.
+// serveClient applies a finished off-loop result, then serves the
+// session's input: complete lines in gnet's inbound buffer (TCP), or the
+// requests of its WebSocket frames.
 func (s *Server) serveClient(l *batch.Loop, ss *session) gnet.Action {
 	if s.opt.IdleTimeout > 0 {
 		ss.lastActive.Store(time.Now().UnixNano())
 	}
 	c := ss.C
 	if ss.busy {
-		o := ss.result.Swap(nil)
-		if o == nil {
-			return s.checkPending(l, ss)
+		if o := ss.result.Swap(nil); o != nil {
+			ss.busy = false
+			s.apply(l, ss, o)
 		}
-		ss.busy = false
-		s.apply(l, ss, o)
+	}
+	if ss.ws != nil {
+		return s.serveWS(l, ss)
 	}
 	if ss.gone.Load() {
 		// Kicked or shutting down: the close is on its way; ignore input.
 		batch.Consume(c, c.InboundBuffered())
 		return gnet.None
 	}
+	if ss.busy {
+		return s.checkPending(l, ss, c.InboundBuffered())
+	}
 	buf, _ := c.Peek(-1)
+	consumed, act := s.serveLines(l, ss, buf)
+	batch.Consume(c, consumed)
+	if act == gnet.None && ss.busy {
+		return s.checkPending(l, ss, c.InboundBuffered())
+	}
+	return act
+}
+
+// serveLines serves the complete request lines at the start of buf until
+// one has to wait on Redis (ss.busy), and returns how many bytes it used.
+func (s *Server) serveLines(l *batch.Loop, ss *session, buf []byte) (int, gnet.Action) {
 	consumed := 0
 	for consumed < len(buf) && !ss.busy && !ss.gone.Load() {
 		line, n, err := codec.NextLine(buf[consumed:], s.opt.MaxLine)
 		if err != nil {
 			s.stats.LineTooLong.Add(1)
 			s.replyErr(l, ss, codec.ErrLineTooLong, nil)
-			batch.Consume(c, len(buf))
-			s.log.Info("closing client: line too long", "user", ss.name, "remote", c.RemoteAddr(), "max_line", s.opt.MaxLine)
+			s.log.Info("closing client: line too long", "user", ss.name, "remote", ss.C.RemoteAddr(), "max_line", s.opt.MaxLine)
 			l.Flush()
-			return gnet.Close
+			return len(buf), gnet.Close
 		}
 		if n == 0 {
 			break
@@ -136,11 +162,7 @@ func (s *Server) serveClient(l *batch.Loop, ss *session) gnet.Action {
 		consumed += n
 		s.request(l, ss, line)
 	}
-	batch.Consume(c, consumed)
-	if ss.busy {
-		return s.checkPending(l, ss)
-	}
-	return gnet.None
+	return consumed, gnet.None
 }
 
 // request serves one request line (blank lines are ignored).
@@ -175,13 +197,13 @@ func (s *Server) allow(ss *session) bool {
 }
 
 // checkPending closes a session that keeps sending while one of its
-// requests waits on Redis, past MaxPending bytes.
-func (s *Server) checkPending(l *batch.Loop, ss *session) gnet.Action {
-	if ss.C.InboundBuffered() <= s.opt.MaxPending {
+// requests waits on Redis, past MaxPending bytes waiting.
+func (s *Server) checkPending(l *batch.Loop, ss *session, waiting int) gnet.Action {
+	if waiting <= s.opt.MaxPending {
 		return gnet.None
 	}
 	s.stats.PendingOverflow.Add(1)
-	s.log.Warn("closing client: too much input while waiting on Redis", "user", ss.name, "remote", ss.C.RemoteAddr(), "bytes", ss.C.InboundBuffered())
+	s.log.Warn("closing client: too much input while waiting on Redis", "user", ss.name, "remote", ss.C.RemoteAddr(), "bytes", waiting)
 	s.replyErr(l, ss, codec.ErrPendingOverflow, nil)
 	l.Flush()
 	return gnet.Close
@@ -279,6 +301,7 @@ func (s *Server) logout(ss *session) {
 func (s *Server) startLogin(ss *session, name string, id []byte) {
 	token := newToken()
 	s.offload(ss, id, func(ctx context.Context) *outcome {
+		defer s.hist.claim.Since(time.Now())
 		prev, hadPrev, err := s.opt.Router.Claim(ctx, name, route.Route{Server: s.opt.ID, Token: token})
 		return &outcome{login: true, name: name, token: token, prev: prev, hadPrev: hadPrev, id: id, err: err}
 	})

@@ -194,6 +194,11 @@ func (s *Server) openLink(lk *link, c gnet.Conn, l *batch.Loop) (out []byte, act
 	now := time.Now().UnixNano()
 	lk.opened = now
 	lk.lastSeen.Store(now)
+	if limit := s.maxConns.Load(); limit > 0 && s.stats.Connections.Load()+s.openLinks.Load() >= limit {
+		s.stats.Refused.Add(1)
+		lk.MarkClosed()
+		return nil, gnet.Close
+	}
 	if !s.peerGate.Enter() {
 		s.stats.PeerRefused.Add(1)
 		if s.stats.PeerRefused.Load()%100 == 1 {
@@ -216,6 +221,7 @@ func (s *Server) openLink(lk *link, c gnet.Conn, l *batch.Loop) (out []byte, act
 	}
 	c.SetContext(lk)
 	s.links.addOpen(lk)
+	s.openLinks.Add(1)
 	return out, gnet.None
 }
 
@@ -223,6 +229,7 @@ func (s *Server) openLink(lk *link, c gnet.Conn, l *batch.Loop) (out []byte, act
 func (s *Server) closeLink(lk *link, err error) {
 	lk.MarkClosed()
 	s.links.removeOpen(lk)
+	s.openLinks.Add(-1)
 	if lk.gated {
 		lk.gated = false
 		s.peerGate.Leave()

@@ -248,6 +248,7 @@ func (s *Server) startDrain(ss *session) {
 	ss.phase.Store(phaseDraining)
 	ss.mu.Unlock()
 	ss.drainAgain = false
+	ss.drainStart = time.Now()
 	s.readPage(ss, 0)
 }
 
@@ -257,10 +258,8 @@ func (s *Server) readPage(ss *session, attempt int) {
 	if id == nil {
 		return
 	}
-	start := time.Now()
 	ok := s.redis.call(func(ctx context.Context) {
 		entries, expired, err := s.opt.Router.ReadMailbox(ctx, id.name, drainPage, s.opt.MailboxTTL)
-		s.observeDrain(time.Since(start))
 		ss.Loop.Post(func() { s.gotPage(ss, id, entries, expired, err, attempt) })
 	})
 	if !ok {
@@ -353,6 +352,10 @@ func (s *Server) pageDone(ss *session) {
 // goLive writes the chats that waited for the drain and makes the session
 // take chats directly. On the session's loop.
 func (s *Server) goLive(ss *session) {
+	if !ss.drainStart.IsZero() {
+		s.hist.drain.Since(ss.drainStart)
+		ss.drainStart = time.Time{}
+	}
 	ss.mu.Lock()
 	pend := ss.pending
 	ss.pending, ss.pendingBytes = nil, 0

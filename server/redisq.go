@@ -146,7 +146,9 @@ func (q *redisQueue) run(quit <-chan struct{}) {
 			reqs[i] = jobs[i].store
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), q.s.opt.RedisTimeout)
+		start := time.Now()
 		res, err := q.s.opt.Router.StoreChats(ctx, reqs, q.s.opt.MailboxMax, q.s.opt.MailboxTTL)
+		q.s.hist.store.Since(start)
 		cancel()
 		if err != nil {
 			q.s.stats.RedisErrors.Add(1)

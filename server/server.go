@@ -69,6 +69,9 @@ type Server struct {
 	// maxConns is the connection cap in force (Options.MaxConns, or derived
 	// at start); 0 until then means no cap.
 	maxConns atomic.Int64
+	// openLinks counts peer connections, which share the descriptor
+	// budget with clients.
+	openLinks atomic.Int64
 	// started is set once the id is ours and stale routes are cleared:
 	// connections before that are refused.
 	started atomic.Bool
@@ -84,9 +87,7 @@ type Server struct {
 	failed   chan error // Done: the server stopped on its own
 	failOnce sync.Once
 
-	// DrainObserver, if set before Start, is told how long each mailbox
-	// read took (monitoring).
-	DrainObserver func(time.Duration)
+	hist hists // latency histograms (RegisterMetrics)
 }
 
 // listener is one address the engine listens on.
@@ -392,8 +393,10 @@ func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 			return nil, gnet.Close
 		}
 		return s.openLink(&link{}, c, l)
+	case "websocket":
+		return s.openSession(c, l, true)
 	default:
-		return s.openSession(c, l)
+		return s.openSession(c, l, false)
 	}
 }
 
@@ -553,13 +556,6 @@ func (s *Server) checkWatched(ss *session) {
 	}
 	if !ss.needsWatch() {
 		s.watching.Delete(ss)
-	}
-}
-
-// observeDrain reports a mailbox read's duration to monitoring.
-func (s *Server) observeDrain(d time.Duration) {
-	if s.DrainObserver != nil {
-		s.DrainObserver(d)
 	}
 }
 

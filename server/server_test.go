@@ -373,7 +373,8 @@ func TestLineTooLong(t *testing.T) {
 // TestConnectionCap: past MaxConns a connection is told why and closed;
 // the engine keeps accepting once there is room again.
 func TestConnectionCap(t *testing.T) {
-	c := startCluster(t, 1, false, func(o *server.Options) { o.MaxConns = 3 })
+	// Four: the proxy's link shares the budget with the three clients.
+	c := startCluster(t, 1, false, func(o *server.Options) { o.MaxConns = 4 })
 	var held []*testenv.Client
 	for i := 0; i < 3; i++ {
 		cl := testenv.Dial(t, c.servers[0].ClientAddr())

@@ -3,6 +3,7 @@ package server
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -37,6 +38,9 @@ const (
 type session struct {
 	batch.Endpoint
 	s *Server
+
+	// ws is the WebSocket state of a WebSocket client; nil for TCP.
+	ws *wsState
 
 	// name is the logged-in name, "" before login and after logout: the
 	// loop's own copy, for the hot path.
@@ -91,6 +95,7 @@ type session struct {
 	drain      []route.MailEntry
 	drainEnd   int64 // sent offset the current mailbox page ends at; 0 = none in flight
 	drainAgain bool  // a late kick-done arrived while draining: read once more
+	drainStart time.Time
 	// kickedBy is the login that replaced this session and waits for its
 	// unsent chats (set when kicked; read at close).
 	kickedBy *kickReply

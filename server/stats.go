@@ -93,50 +93,70 @@ func (s *Stats) ChatErrors() map[string]int64 {
 // Delivered returns the chats written to local recipients, live or stored.
 func (s *Stats) Delivered() int64 { return s.DeliveredLive.Load() + s.DeliveredStored.Load() }
 
+// counter is one of Stats' counters as monitoring sees it.
+type counter struct {
+	name  string // snake_case; the metric is relaychat_<name>_total (gauges: relaychat_<name>)
+	help  string
+	gauge bool
+	v     *atomic.Int64
+}
+
+// counters lists every counter once, with its help text: the stopped log
+// line and /metrics both come from it. The contract's series
+// (connections, sessions, chats received/delivered/stored, chat errors by
+// reason) are exported under their contract names by RegisterMetrics.
+func (s *Stats) counters() []counter {
+	return []counter{
+		{"logins", "Successful logins.", false, &s.Logins},
+		{"kicks", "Sessions replaced by a newer login of the same name.", false, &s.Kicks},
+		{"delivered_live", "Chats written to a local recipient as they came.", false, &s.DeliveredLive},
+		{"delivered_stored", "Stored chats written to their recipient from the mailbox.", false, &s.DeliveredStored},
+		{"requeued", "Chats a closing or kicked session had not received, put back in its mailbox.", false, &s.Requeued},
+		{"lost_at_close", "Chats a closing session had not received that could not be put back (mailbox off, or Redis failing).", false, &s.LostAtClose},
+		{"forwarded", "Chats put on a stream to another server.", false, &s.Forwarded},
+		{"from_streams", "Frames accepted in order from other servers' streams.", false, &s.FromStreams},
+		{"mailbox_bad", "Mailbox entries that did not parse, skipped.", false, &s.MailboxBad},
+		{"stream_dup", "Stream frames received twice (a resend), dropped.", false, &s.StreamDup},
+		{"stream_gap", "Stream frames received after a gap, dropped until resent.", false, &s.StreamGap},
+		{"stream_stale", "Stream frames addressed to an earlier run of this server, dropped.", false, &s.StreamStale},
+		{"stream_foreign", "Stream frames in the name of a server the link does not reach, dropped.", false, &s.StreamForeign},
+		{"stream_unconfirmed", "Chats sent to another server and never acknowledged: their senders were told.", false, &s.StreamUnconfirmed},
+		{"stream_expired", "Chats not sent within -hold-age: stored or refused instead.", false, &s.StreamExpired},
+		{"stream_full", "Chats refused because the stream to their server was at -hold-bytes.", false, &s.StreamFull},
+		{"errors", "Error lines sent to clients.", false, &s.Errors},
+		{"cache_misses", "Route lookups that went to Redis.", false, &s.CacheMisses},
+		{"busy", "Requests refused: too many Redis operations in flight, or the Redis queue full.", false, &s.Busy},
+		{"kick_undelivered", "Kicks that could not be sent or remembered.", false, &s.KickUndelivered},
+		{"kick_timeouts", "Logins that stopped waiting for the session they replaced.", false, &s.KickTimeouts},
+		{"line_too_long", "Connections closed for a line over -max-line.", false, &s.LineTooLong},
+		{"pending_overflow", "Clients disconnected for sending too much while a request waited on Redis.", false, &s.PendingOverflow},
+		{"dropped_no_sender", "Errors for a sender who had already gone.", false, &s.DroppedNoSender},
+		{"dropped_bad_frame", "Link lines that did not parse or were not for this server.", false, &s.DroppedBadFrame},
+		{"link_auth_failures", "Links refused for a bad hello or proof.", false, &s.LinkAuthFailures},
+		{"peer_refused", "Peer connections refused: too many had not finished their hello.", false, &s.PeerRefused},
+		{"auth_failures", "Logins refused for a missing, invalid or expired token.", false, &s.AuthFailures},
+		{"release_overflow", "Route deletions not queued (queue full); cleared at the next start.", false, &s.ReleaseOverflow},
+		{"refused", "Connections refused at the connection cap.", false, &s.Refused},
+		{"idle_closed", "Connections closed by -idle-timeout.", false, &s.IdleClosed},
+		{"rate_limited", "Requests refused by -rate-limit.", false, &s.RateLimited},
+		{"links_up", "Authenticated links (proxies and, in mesh mode, servers).", true, &s.LinksUp},
+	}
+}
+
 // Snapshot returns the counters by name.
 func (s *Stats) Snapshot() map[string]int64 {
 	m := map[string]int64{
-		"connections":        s.Connections.Load(),
-		"sessions":           s.Sessions.Load(),
-		"logins":             s.Logins.Load(),
-		"kicks":              s.Kicks.Load(),
-		"chats_received":     s.ChatsReceived.Load(),
-		"delivered_live":     s.DeliveredLive.Load(),
-		"delivered_stored":   s.DeliveredStored.Load(),
-		"stored":             s.Stored.Load(),
-		"requeued":           s.Requeued.Load(),
-		"lost_at_close":      s.LostAtClose.Load(),
-		"forwarded":          s.Forwarded.Load(),
-		"from_streams":       s.FromStreams.Load(),
-		"mailbox_expired":    s.MailboxExpired.Load(),
-		"mailbox_bad":        s.MailboxBad.Load(),
-		"stream_dup":         s.StreamDup.Load(),
-		"stream_gap":         s.StreamGap.Load(),
-		"stream_stale":       s.StreamStale.Load(),
-		"stream_foreign":     s.StreamForeign.Load(),
-		"stream_resent":      s.StreamResent.Load(),
-		"stream_unconfirmed": s.StreamUnconfirmed.Load(),
-		"stream_expired":     s.StreamExpired.Load(),
-		"stream_full":        s.StreamFull.Load(),
-		"errors":             s.Errors.Load(),
-		"cache_misses":       s.CacheMisses.Load(),
-		"redis_errors":       s.RedisErrors.Load(),
-		"busy":               s.Busy.Load(),
-		"kick_undelivered":   s.KickUndelivered.Load(),
-		"kick_timeouts":      s.KickTimeouts.Load(),
-		"slow_consumers":     s.SlowConsumers.Load(),
-		"line_too_long":      s.LineTooLong.Load(),
-		"pending_overflow":   s.PendingOverflow.Load(),
-		"dropped_no_sender":  s.DroppedNoSender.Load(),
-		"dropped_bad_frame":  s.DroppedBadFrame.Load(),
-		"link_auth_failures": s.LinkAuthFailures.Load(),
-		"peer_refused":       s.PeerRefused.Load(),
-		"auth_failures":      s.AuthFailures.Load(),
-		"release_overflow":   s.ReleaseOverflow.Load(),
-		"refused":            s.Refused.Load(),
-		"idle_closed":        s.IdleClosed.Load(),
-		"rate_limited":       s.RateLimited.Load(),
-		"links_up":           s.LinksUp.Load(),
+		"connections":     s.Connections.Load(),
+		"sessions":        s.Sessions.Load(),
+		"chats_received":  s.ChatsReceived.Load(),
+		"stored":          s.Stored.Load(),
+		"mailbox_expired": s.MailboxExpired.Load(),
+		"stream_resent":   s.StreamResent.Load(),
+		"redis_errors":    s.RedisErrors.Load(),
+		"slow_consumers":  s.SlowConsumers.Load(),
+	}
+	for _, c := range s.counters() {
+		m[c.name] = c.v.Load()
 	}
 	return m
 }

@@ -102,6 +102,7 @@ type outStream struct {
 	path     *link     // nil: held
 	flushing bool      // a flush task is posted
 	progress time.Time // last ack that moved, or last path change
+	resent   int64     // frames written again over a new path
 }
 
 // outFrame is the metadata of one unacknowledged frame.
@@ -308,6 +309,7 @@ func (o *outStream) setPath(lk *link, epoch uint64, resend bool) {
 	}
 	if o.path != nil || resend {
 		o.s.stats.StreamResent.Add(int64(o.sent - o.head))
+		o.resent += int64(len(o.frames) - o.fh)
 	}
 	o.path = lk
 	o.sent = o.head
@@ -567,6 +569,7 @@ func (s *Server) tickStreams() {
 // StreamState describes the stream to one destination server.
 type StreamState struct {
 	Frames, Bytes int    // sent (or held) and not yet acknowledged
+	Resent        int64  // frames written again over a new path
 	Path          string // the link it uses: "proxy <id>", "server <id>", or "" while held
 }
 
@@ -575,7 +578,7 @@ func (s *Server) Unacked() map[string]StreamState {
 	out := map[string]StreamState{}
 	for _, o := range s.out.all() {
 		o.mu.Lock()
-		st := StreamState{Frames: len(o.frames) - o.fh, Bytes: len(o.buf) - o.head}
+		st := StreamState{Frames: len(o.frames) - o.fh, Bytes: len(o.buf) - o.head, Resent: o.resent}
 		if o.path != nil {
 			st.Path = o.path.remote.Role + " " + o.path.remote.ID
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/relaychat/relaychat/internal/cli"
+	"github.com/relaychat/relaychat/internal/metrics"
 	"github.com/relaychat/relaychat/proxy"
 	"github.com/relaychat/relaychat/route"
 )
@@ -33,13 +34,15 @@ func main() {
 		maxLinkOut = fs.Int("max-link-outbound", 64<<20, "bytes queued to one server before chats for it are bounced")
 		linkTO     = fs.Duration("link-timeout", 5*time.Second, "close a link silent for this long")
 		logLevel   = fs.String("log-level", "info", "debug, info, warn or error")
+		logFormat  = fs.String("log-format", "text", cli.LogFormats)
+		metricsAdr = fs.String("metrics", "", "serve /metrics (Prometheus), /healthz and /readyz on this address; default off")
 		pprofAddr  = fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 	)
 	_ = fs.Parse(os.Args[1:])
 	if fs.NArg() > 0 {
 		cli.Fatal(prog, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0)), 2)
 	}
-	log, err := cli.Logger(*logLevel)
+	log, err := cli.NewLogger(*logLevel, *logFormat)
 	if err != nil {
 		cli.Fatal(prog, err, 2)
 	}
@@ -97,6 +100,18 @@ func main() {
 	if err != nil {
 		cli.Fatal(prog, err, 2)
 	}
+	var ms *metrics.Server
+	if *metricsAdr != "" {
+		reg := metrics.NewRegistry()
+		if err := p.RegisterMetrics(reg); err != nil {
+			cli.Fatal(prog, err, 1)
+		}
+		ms, err = metrics.New(metrics.Options{Addr: *metricsAdr, Registry: reg, Ready: p.IsReady, ReadyMetric: metrics.ReadyName, Logger: log})
+		if err != nil {
+			cli.Fatal(prog, err, 1)
+		}
+		defer func() { _ = ms.Shutdown(context.Background()) }()
+	}
 	ctx, stop := cli.SignalContext()
 	defer stop()
 	if err := p.Start(); err != nil {
@@ -105,6 +120,9 @@ func main() {
 	<-ctx.Done()
 	stop()
 	log.Info("shutting down")
+	if ms != nil {
+		ms.SetNotReady("shutting down")
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := p.Shutdown(sctx); err != nil {

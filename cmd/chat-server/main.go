@@ -12,6 +12,7 @@ import (
 	"github.com/relaychat/relaychat/auth"
 	"github.com/relaychat/relaychat/codec"
 	"github.com/relaychat/relaychat/internal/cli"
+	"github.com/relaychat/relaychat/internal/metrics"
 	"github.com/relaychat/relaychat/route"
 	"github.com/relaychat/relaychat/server"
 )
@@ -56,13 +57,16 @@ func main() {
 		peerSecret  = fs.String("peer-secret", "", "secret every link must prove it knows (also $RELAYCHAT_PEER_SECRET); default: the cluster secret kept in Redis")
 		linkTO      = fs.Duration("link-timeout", 5*time.Second, "close a link silent this long, or that has not finished its hello in this time")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
+		logFormat   = fs.String("log-format", "text", cli.LogFormats)
+		wsListen    = fs.String("ws-listen", "", "also accept WebSocket clients on this address (and serve the chat page on GET /); default off")
+		metricsAddr = fs.String("metrics", "", "serve /metrics (Prometheus), /healthz and /readyz on this address; default off")
 		pprofAddr   = fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 	)
 	_ = fs.Parse(os.Args[1:])
 	if fs.NArg() > 0 {
 		cli.Fatal(prog, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0)), 2)
 	}
-	log, err := cli.Logger(*logLevel)
+	log, err := cli.NewLogger(*logLevel, *logFormat)
 	if err != nil {
 		cli.Fatal(prog, err, 2)
 	}
@@ -118,6 +122,7 @@ func main() {
 		Listen:          *listen,
 		PeerListen:      *peerListen,
 		PeerAdvertise:   *peerAdv,
+		WSListen:        *wsListen,
 		Topology:        *topology,
 		MailboxMax:      mbox,
 		MailboxTTL:      *mailboxTTL,
@@ -144,6 +149,17 @@ func main() {
 	if err != nil {
 		cli.Fatal(prog, err, 2)
 	}
+	var ms *metrics.Server
+	if *metricsAddr != "" {
+		reg := metrics.NewRegistry()
+		if err := srv.RegisterMetrics(reg); err != nil {
+			cli.Fatal(prog, err, 1)
+		}
+		ms, err = metrics.New(metrics.Options{Addr: *metricsAddr, Registry: reg, Ready: srv.Ready, ReadyMetric: metrics.ReadyName, Logger: log})
+		if err != nil {
+			cli.Fatal(prog, err, 1)
+		}
+	}
 	ctx, stop := cli.SignalContext()
 	defer stop()
 	if err := srv.Start(); err != nil {
@@ -159,11 +175,17 @@ func main() {
 	}
 	stop()
 	log.Info("shutting down")
+	if ms != nil {
+		ms.SetNotReady("shutting down")
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Error("shutdown", "err", err)
 		os.Exit(1)
+	}
+	if ms != nil {
+		_ = ms.Shutdown(sctx)
 	}
 	log.Info("stopped", "stats", fmt.Sprint(srv.Stats().Snapshot()))
 	if failed {
