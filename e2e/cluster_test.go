@@ -55,6 +55,9 @@ type clusterConfig struct {
 	maxLine int
 	// serverArgs are extra flags for both servers.
 	serverArgs []string
+	// plain runs binaries built without the race detector (load and
+	// memory tests).
+	plain bool
 }
 
 // cluster is a private Redis, chat-servers s1 and s2, and one chat-proxy
@@ -73,8 +76,12 @@ type cluster struct {
 // logged "proxy ready", i.e. both servers are linked.
 func startCluster(t *testing.T, cfg clusterConfig) *cluster {
 	t.Helper()
+	bin := testenv.Build
+	if cfg.plain {
+		bin = testenv.BuildPlain
+	}
 	cl := &cluster{
-		bin:    testenv.Build(t),
+		bin:    bin(t),
 		redis:  testenv.Redis(t),
 		prefix: prefixFor(t),
 	}

@@ -60,10 +60,11 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 		h.p.stats.LinkDowns.Add(1)
 		h.p.stats.LinksUp.Add(-1)
 		h.p.log.Warn("link down", "server", c.l.id, "addr", *c.l.addr.Load(), "err", err)
-		h.p.broadcastReach()
+		h.p.broadcastReach(c.Loop)
 	}
 	c.ended <- up
 	close(c.closed)
+	c.Loop.Flush() // the reach lines broadcastReach gathered
 	return gnet.None
 }
 
@@ -119,7 +120,7 @@ func (p *Proxy) relay(c *conn) gnet.Action {
 		case codec.KindGoodbye:
 			c.goodbye.Store(true)
 			p.log.Info("server is stopping", "server", c.l.id)
-			p.broadcastReach()
+			p.broadcastReach(c.Loop)
 			continue
 		}
 		kind, dst, src, err := codec.FrameRoute(line)
@@ -207,23 +208,30 @@ func (p *Proxy) hello(c *conn, line []byte) bool {
 	// this link leads as soon as it trusts it.
 	c.Loop.Append(&c.Endpoint, p.reachLine())
 	p.log.Info("link up", "server", r.ID, "addr", *c.l.addr.Load())
-	p.broadcastReach()
+	p.broadcastReach(c.Loop)
 	p.checkReady()
 	return true
 }
 
 // broadcastReach tells every linked server which servers this proxy links
 // to now, and which run of each, so that each server sends a stream
-// through this proxy only if it reaches the stream's destination.
-// Broadcasts are serialised, and each link's posts run in order, so every
+// through this proxy only if it reaches the stream's destination (and
+// accepts frames from the servers it names). Called on a link's loop, it
+// goes out through that loop's batch, like the frames it relays later, so
+// a server learns of a new server before any frame from it; off the loops
+// (l nil) through each link's loop. Broadcasts are serialised, so every
 // server's last reach line is the current set.
-func (p *Proxy) broadcastReach() {
+func (p *Proxy) broadcastReach(l *batch.Loop) {
 	p.reachMu.Lock()
 	defer p.reachMu.Unlock()
 	line := p.reachLine()
-	for _, l := range *p.byID.Load() {
-		if c := l.conn.Load(); c != nil {
-			batch.Send(&c.Endpoint, append([]byte(nil), line...), nil)
+	for _, lk := range *p.byID.Load() {
+		if c := lk.conn.Load(); c != nil {
+			if l != nil {
+				l.Append(&c.Endpoint, line)
+			} else {
+				batch.Send(&c.Endpoint, append([]byte(nil), line...), nil)
+			}
 		}
 	}
 }

@@ -450,7 +450,7 @@ func (p *Proxy) applyDiscovery(m map[string]string) {
 	p.mu.Unlock()
 	if changed {
 		p.publish()
-		p.broadcastReach()
+		p.broadcastReach(nil)
 	}
 	p.checkReady()
 }

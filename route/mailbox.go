@@ -57,9 +57,11 @@ type StoreReq struct {
 	// naming it is stale, or a login there will read the mailbox after
 	// this store). "" means every route counts.
 	Here string
-	// Requeue stores unconditionally and beyond Max: the chat was already
-	// handed to a session that closed before writing it (or was kicked),
-	// and it goes back where it would have waited.
+	// Requeue stores beyond Max, and trims nothing: the chat was already
+	// handed to a session that closed (or was kicked) before its client got
+	// it, and goes back where it would have waited. The route is checked as
+	// for any store (Here applies): if the user is online elsewhere, the
+	// answer is Online.
 	Requeue bool
 }
 
@@ -82,10 +84,9 @@ type StoreResult struct {
 var storeScript = rueidis.NewLuaScript(`
 local requeue = ARGV[6] == "1"
 local expired = 0
-local r = false
+local r = redis.call("GET", KEYS[1])
+if r and (ARGV[1] == "" or string.sub(r, 1, #ARGV[1]) ~= ARGV[1]) then return {1, r} end
 if not requeue then
-  r = redis.call("GET", KEYS[1])
-  if r and (ARGV[1] == "" or string.sub(r, 1, #ARGV[1]) ~= ARGV[1]) then return {1, r} end
   local cutoff = tonumber(ARGV[5])
   while expired < ` + strconv.Itoa(maxTrim) + ` do
     local head = redis.call("LINDEX", KEYS[2], 0)

@@ -34,6 +34,13 @@ func TestMailboxStoreReadRemove(t *testing.T) {
 	if res, err := s.StoreChats(ctx, []route.StoreReq{{Name: "bob", Line: []byte(`{"n":"requeued"}`), TS: now, Requeue: true}}, max, ttl); err != nil || res[0].Outcome != route.Stored {
 		t.Fatalf("requeue: %+v %v", res, err)
 	}
+	// But not for a user online elsewhere.
+	if _, _, err := s.Claim(ctx, "zed", route.Route{Server: "s9", Token: "z"}); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := s.StoreChats(ctx, []route.StoreReq{{Name: "zed", Line: []byte(`{}`), TS: now, Requeue: true, Here: "s1"}}, max, ttl); err != nil || res[0].Outcome != route.Online {
+		t.Fatalf("requeue for a user online elsewhere: %+v %v", res, err)
+	}
 	got, expired, err := s.ReadMailbox(ctx, "bob", 2, ttl)
 	if err != nil || expired != 0 || len(got) != 2 || got[0].Line != `{"n":0}` || got[1].Line != `{"n":1}` || got[0].TS != now {
 		t.Fatalf("read: %+v expired=%d err=%v", got, expired, err)

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/relaychat/relaychat/auth"
 	"github.com/relaychat/relaychat/codec"
@@ -45,6 +46,7 @@ func (s *Server) openSession(c gnet.Conn, l *batch.Loop, ws bool) ([]byte, gnet.
 		ss.ws = newWSState(s.opt.MaxLine)
 		ss.Frame = wsFrame
 	}
+	ss.sndbuf = s.sendBuffer(c)
 	now := time.Now().UnixNano()
 	ss.lastActive.Store(now)
 	ss.tokens, ss.refilled = float64(s.opt.RateBurst), now
@@ -52,6 +54,18 @@ func (s *Server) openSession(c gnet.Conn, l *batch.Loop, ws bool) ([]byte, gnet.
 	s.stats.Connections.Add(1)
 	s.all.add(ss)
 	return nil, gnet.None
+}
+
+// sendBuffer sets the client socket's kernel send buffer (SendBuffer) and
+// returns what the kernel made of it (what SO_SNDBUF reads back).
+func (s *Server) sendBuffer(c gnet.Conn) int64 {
+	if s.opt.SendBuffer > 0 {
+		_ = c.SetWriteBuffer(s.opt.SendBuffer)
+	}
+	if v, err := unix.GetsockoptInt(c.Fd(), unix.SOL_SOCKET, unix.SO_SNDBUF); err == nil && v > 0 {
+		return int64(v)
+	}
+	return 4 << 20
 }
 
 // cutSlow disconnects a client that does not read fast enough. Any loop.

@@ -31,6 +31,9 @@ type chat struct {
 	from *session
 	in   *inStream
 	seq  uint64
+	// qbytes is what the chat counts against its sender's store attempts
+	// in flight (storingBytes).
+	qbytes int
 }
 
 // maxHops bounds how many times a chat follows a recipient who moved.
@@ -159,15 +162,18 @@ func (s *Server) resolve(l *batch.Loop, c *chat) {
 		}
 		ss.storing[c.recv]++
 		ss.storingN++
-		if ss.storingN >= maxStoring {
+		c.qbytes = len(line)
+		ss.storingBytes += c.qbytes
+		if ss.storingN >= maxStoring || ss.storingBytes >= s.opt.MaxPending {
 			ss.busy, ss.throttled = true, true
 		}
 	}
 }
 
-// maxStoring bounds a session's store attempts in flight; past it the
-// session stops reading requests until one comes back.
-const maxStoring = 256
+// maxStoring bounds a session's store attempts in flight (as MaxPending
+// bounds their bytes); past it the session stops reading requests until
+// half have come back.
+const maxStoring = 1024
 
 // stored is the answer to a store attempt, on the Redis worker. A client's
 // chat is finished on its loop; a stream's here.
@@ -185,11 +191,12 @@ func (s *Server) stored(c *chat, res route.StoreResult) {
 			delete(ss.storing, c.recv)
 		}
 		ss.storingN--
+		ss.storingBytes -= c.qbytes
 		if ss.Closed() {
 			c.from = nil
 		}
 		s.storedResult(nil, c, res)
-		if ss.throttled && ss.storingN < maxStoring/2 && !ss.Closed() {
+		if ss.throttled && ss.storingN < maxStoring/2 && ss.storingBytes < s.opt.MaxPending/2 && !ss.Closed() {
 			ss.throttled, ss.busy = false, false
 			_ = ss.C.Wake(nil)
 		}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"sync"
 	"time"
@@ -188,7 +189,7 @@ func (s *Server) kickSession(old *session, reply *kickReply) {
 			s.reg.remove(id.name, old)
 		}
 		old.WriteNow(codec.AppendKicked(nil, codec.ReasonKicked), nil)
-		if old.C.OutboundBuffered() == 0 {
+		if old.settledOutput() {
 			_ = old.C.Close()
 			return
 		}
@@ -379,10 +380,11 @@ func (s *Server) goLive(ss *session) {
 	ss.WriteNow(buf, marks)
 }
 
-// putBack returns chats a session did not receive to their recipients'
-// mailboxes, in order (requeues: beyond the mailbox bound, and whether or
-// not the recipient is online, since a login that replaces the session
-// waits for them). With the mailbox off they are counted and logged.
+// putBack returns chats a session did not receive to their recipient, in
+// order: to the mailbox (beyond its bound: they were accepted long ago),
+// or, if the recipient is online on another server by now, on the stream
+// to it. A login that replaced the session waits for them (kick-done is
+// queued after). With the mailbox off they are counted and logged.
 func (s *Server) putBack(chats []pendingChat, why string) {
 	if !s.opt.mailboxOn() {
 		s.stats.LostAtClose.Add(int64(len(chats)))
@@ -400,13 +402,17 @@ func (s *Server) putBack(chats []pendingChat, why string) {
 			ts = tsOf(line)
 		}
 		recv := p.recv
-		if !s.redis.store(route.StoreReq{Name: recv, Line: line, TS: ts, Requeue: true}, func(res route.StoreResult) {
-			if res.Err != nil {
+		if !s.redis.store(route.StoreReq{Name: recv, Line: line, TS: ts, Requeue: true, Here: s.opt.ID}, func(res route.StoreResult) {
+			switch {
+			case res.Err != nil:
 				s.stats.LostAtClose.Add(1)
 				s.log.Warn("chat not written to its recipient could not be put back in the mailbox", "recipient", recv, "err", res.Err)
-				return
+			case res.Outcome == route.Online:
+				c := &chat{send: senderOf(line), recv: recv, ts: ts, payload: line}
+				s.forward(nil, c, res.Route.Server)
+			default:
+				s.stats.Requeued.Add(1)
 			}
-			s.stats.Requeued.Add(1)
 		}) {
 			lost++
 		}
@@ -415,8 +421,18 @@ func (s *Server) putBack(chats []pendingChat, why string) {
 		s.stats.LostAtClose.Add(int64(lost))
 		s.log.Warn("Redis queue full: chats not written to their recipient are lost", "chats", lost, "recipient", chats[0].recv, "why", why)
 	} else {
-		s.log.Info("chats not written to their recipient put back in the mailbox", "chats", len(chats), "recipient", chats[0].recv, "why", why)
+		s.log.Info("chats not written to their recipient put back", "chats", len(chats), "recipient", chats[0].recv, "why", why)
 	}
+}
+
+// senderOf reads the "send" of a delivery line (for a chat put back that
+// goes on to another server).
+func senderOf(line []byte) string {
+	var d struct {
+		Send string `json:"send"`
+	}
+	_ = json.Unmarshal(line, &d)
+	return d.Send
 }
 
 // afterPutBack runs fn on the Redis worker after everything queued so far.

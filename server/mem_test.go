@@ -102,11 +102,11 @@ func (r *memRouter) StoreChats(_ context.Context, reqs []route.StoreReq, max int
 	out := make([]route.StoreResult, len(reqs))
 	for i, q := range reqs {
 		rt, online := r.m[q.Name]
+		if online && (q.Here == "" || !strings.HasPrefix(rt.Encode(), q.Here+" ")) {
+			out[i] = route.StoreResult{Outcome: route.Online, Route: rt}
+			continue
+		}
 		if !q.Requeue {
-			if online && (q.Here == "" || !strings.HasPrefix(rt.Encode(), q.Here+" ")) {
-				out[i] = route.StoreResult{Outcome: route.Online, Route: rt}
-				continue
-			}
 			if len(r.mbox[q.Name]) >= max {
 				out[i] = route.StoreResult{Outcome: route.Full}
 				continue

@@ -91,6 +91,12 @@ type Options struct {
 	// than it is sent to is disconnected past it (slow consumer) and the
 	// chats it had not received go back to its mailbox. 0 means 4 MiB.
 	MaxOutbound int
+	// SendBuffer is the kernel send buffer of client sockets (SO_SNDBUF;
+	// Linux doubles it). Output the kernel holds is not known to be
+	// delivered until the client acknowledges it, so a close may have to
+	// put back up to this much: smaller means less held in memory. 0 means
+	// 64 KiB; negative leaves the kernel's own autotuning (up to 4 MiB).
+	SendBuffer int
 	// MaxLinkOutbound caps the bytes waiting to be written to one link;
 	// streams stop writing into a link past it until it drains. 0 means
 	// 64 MiB.
@@ -222,6 +228,7 @@ func (o *Options) setDefaults() error {
 	def(&o.MaxOutbound, 4<<20)
 	def(&o.MaxInflight, 4096)
 	def(&o.MaxPeerPending, 64)
+	def(&o.SendBuffer, 64<<10)
 	switch {
 	case o.MaxHoldBytes < 0:
 		o.noHold = true

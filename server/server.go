@@ -44,16 +44,17 @@ type Server struct {
 	idB      []byte
 	secret   []byte
 
-	reg      *registry
-	all      *sessionSet
-	links    linkSet
-	peerGate *peer.Gate
-	kicks    *kickMemo
-	out      *outStreams
-	in       *inStreams
-	redis    *redisQueue
-	loops    batch.Loops
-	watching sync.Map // *session -> struct{}: output to watch
+	reg       *registry
+	all       *sessionSet
+	links     linkSet
+	peerGate  *peer.Gate
+	kicks     *kickMemo
+	out       *outStreams
+	in        *inStreams
+	redis     *redisQueue
+	loops     batch.Loops
+	watching  sync.Map // *session -> struct{}: output to watch
+	retaining sync.Map // *session -> struct{}: holding chats the client may not have acknowledged
 
 	eng       gnet.Engine
 	engDone   chan error
@@ -515,6 +516,13 @@ func (s *Server) sweepIdle() {
 	}
 }
 
+// retain asks the output watcher to check, now and then, what the client
+// of ss acknowledged (on its loop), until it holds no chat.
+func (s *Server) retain(ss *session) { s.retaining.Store(ss, struct{}{}) }
+
+// retainSweep is how often held chats are checked when no write does it.
+const retainSweep = 500 * time.Millisecond
+
 // watch asks the output watcher to follow ss (a mailbox page or a kicked
 // session's backlog on its way to the kernel).
 func (s *Server) watch(ss *session) { s.watching.Store(ss, struct{}{}) }
@@ -528,14 +536,31 @@ func (s *Server) watchOutput() {
 	defer s.bg.Done()
 	t := time.NewTicker(outputWatch)
 	defer t.Stop()
+	lastSweep := time.Now()
 	for {
 		select {
 		case <-s.stop:
 			return
-		case <-t.C:
+		case now := <-t.C:
 			s.watching.Range(func(k, _ any) bool {
 				ss := k.(*session)
 				ss.Loop.Post(func() { s.checkWatched(ss) })
+				return true
+			})
+			if now.Sub(lastSweep) < retainSweep {
+				continue
+			}
+			lastSweep = now
+			s.retaining.Range(func(k, _ any) bool {
+				ss := k.(*session)
+				ss.Loop.Post(func() {
+					if !ss.Closed() {
+						ss.progress()
+					}
+					if ss.Closed() || ss.heldHead == len(ss.held) {
+						s.retaining.Delete(ss)
+					}
+				})
 				return true
 			})
 		}
@@ -549,7 +574,9 @@ func (s *Server) checkWatched(ss *session) {
 	}
 	ss.watchOutput()
 	if ss.kickAt != 0 {
-		if ss.C.OutboundBuffered() == 0 || time.Now().UnixNano()-ss.kickAt > int64(s.opt.KickFlush) {
+		// Kicked or shutting down: close once the client has acknowledged
+		// everything, or at KickFlush (what it has not is put back then).
+		if ss.settledOutput() || time.Now().UnixNano()-ss.kickAt > int64(s.opt.KickFlush) {
 			_ = ss.C.Close()
 			return
 		}
@@ -668,7 +695,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 				return
 			}
 			ss.WriteNow(bye, nil)
-			if ss.C.OutboundBuffered() == 0 {
+			if ss.settledOutput() {
 				_ = ss.C.Close()
 				return
 			}

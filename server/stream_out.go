@@ -98,11 +98,12 @@ type outStream struct {
 	head     int
 	frames   []outFrame // metadata, from frames[fh:]
 	fh       int
-	sent     int       // buf offset up to which the current path has been written
-	path     *link     // nil: held
-	flushing bool      // a flush task is posted
-	progress time.Time // last ack that moved, or last path change
-	resent   int64     // frames written again over a new path
+	sent     int           // buf offset up to which the current path has been written
+	path     *link         // nil: held
+	flushing bool          // a flush task is posted
+	progress time.Time     // last ack that moved, or last path change
+	rto      time.Duration // wait for an ack before resending; doubles while none comes
+	resent   int64         // frames written again over a new path
 }
 
 // outFrame is the metadata of one unacknowledged frame.
@@ -245,6 +246,7 @@ func (o *outStream) ack(id, seq uint64) {
 	o.fh = i
 	o.sent = max(o.sent, o.head)
 	o.progress = time.Now()
+	o.rto = 0
 	o.compact()
 }
 
@@ -375,7 +377,10 @@ func (o *outStream) tick(now time.Time) {
 		return
 	}
 	var post *link
-	stalled := o.path != nil && now.Sub(o.progress) >= o.s.opt.ResendAfter && o.sent > o.head
+	if o.rto == 0 {
+		o.rto = o.s.opt.ResendAfter
+	}
+	stalled := o.path != nil && now.Sub(o.progress) >= o.rto && o.sent > o.head
 	if o.path != nil && !stalled {
 		post = o.schedule()
 	}
@@ -404,8 +409,21 @@ func (o *outStream) tick(now time.Time) {
 		post.Loop.Post(func() { o.flush(post) })
 	}
 	if stalled {
-		if lk, epoch := o.s.pathTo(o.dst, o.path); lk != nil && lk != o.currentPath() {
-			o.s.log.Info("stream not acknowledged; resending over another path", "server", o.dst, "after", o.s.opt.ResendAfter)
+		// No ack for rto: resend the unacknowledged tail, over another path
+		// if there is one, else over the same (a frame may have been lost
+		// on it); the wait doubles until an ack comes.
+		cur := o.currentPath()
+		lk, epoch := o.s.pathTo(o.dst, cur)
+		if lk != nil {
+			o.mu.Lock()
+			rto := o.rto
+			o.rto = min(2*o.rto, max(o.s.opt.MaxHoldAge/2, o.s.opt.ResendAfter))
+			o.mu.Unlock()
+			if lk != cur {
+				o.s.log.Info("stream not acknowledged; resending over another path", "server", o.dst, "after", rto)
+			} else {
+				o.s.log.Info("stream not acknowledged; resending", "server", o.dst, "after", rto)
+			}
 			o.setPath(lk, epoch, true)
 		}
 	}

@@ -19,12 +19,14 @@ var Commands = []string{"./cmd/chat-server", "./cmd/chat-proxy", "./cmd/chat-ben
 
 const binDirPrefix = "relaychat-testbin-"
 
-var built struct {
+type buildResult struct {
 	once sync.Once
 	dir  string
 	out  []byte
 	err  error
 }
+
+var built, builtPlain buildResult
 
 // Build builds Commands once per test process (with -race when RaceEnabled)
 // into $TMPDIR/relaychat-testbin-<pid> and returns that directory; the
@@ -39,25 +41,41 @@ var built struct {
 // those left by test processes that are no longer running.
 func Build(t testing.TB) string {
 	t.Helper()
-	built.once.Do(func() { built.dir, built.out, built.err = build() })
-	if built.err != nil {
-		t.Fatalf("testenv: build: %v\n%s", built.err, built.out)
-	}
-	return built.dir
+	return buildOnce(t, &built, RaceEnabled)
 }
 
-func build() (string, []byte, error) {
+// BuildPlain is Build without the race detector, for the few tests that
+// measure the binaries' own memory or push load through them (the race
+// detector multiplies both).
+func BuildPlain(t testing.TB) string {
+	t.Helper()
+	return buildOnce(t, &builtPlain, false)
+}
+
+func buildOnce(t testing.TB, b *buildResult, race bool) string {
+	t.Helper()
+	b.once.Do(func() { b.dir, b.out, b.err = build(race) })
+	if b.err != nil {
+		t.Fatalf("testenv: build: %v\n%s", b.err, b.out)
+	}
+	return b.dir
+}
+
+func build(race bool) (string, []byte, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", nil, err
 	}
 	removeStaleBinDirs()
 	dir := filepath.Join(os.TempDir(), binDirPrefix+strconv.Itoa(os.Getpid()))
+	if !race && RaceEnabled {
+		dir += "-plain"
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", nil, err
 	}
 	args := []string{"build"}
-	if RaceEnabled {
+	if race {
 		args = append(args, "-race")
 	}
 	args = append(args, "-o", dir+string(filepath.Separator))
@@ -96,7 +114,7 @@ func hasGoFiles(dir string) bool {
 func removeStaleBinDirs() {
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), binDirPrefix+"*"))
 	for _, d := range dirs {
-		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(d), binDirPrefix))
+		pid, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(d), binDirPrefix), "-plain"))
 		if err != nil || pid == os.Getpid() {
 			continue
 		}

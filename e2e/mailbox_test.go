@@ -1,0 +1,300 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/relaychat/relaychat/internal/testenv"
+)
+
+// TestMailbox: the offline mailbox as CONTRACT.md describes it.
+func TestMailbox(t *testing.T) {
+	t.Parallel()
+	cfg := clusterConfig{serverArgs: []string{"-mailbox-max", "5"}}
+	cl := startCluster(t, cfg)
+
+	t.Run("StoredThenLiveInOrder", func(t *testing.T) {
+		an, bn := cl.name("alice"), cl.name("bob")
+		a := cl.login(t, 0, an)
+		a.Send(t, chatReq(t, an, bn, "s1", "1"))
+		expectStoredAck(t, a, "1")
+		a.Send(t, chatReq(t, an, bn, "s2", "2"))
+		expectStoredAck(t, a, "2")
+		// bob logs in on the other server while alice keeps sending: the
+		// stored chats come first, then the live ones, in the order sent.
+		b := cl.dial(t, 1)
+		b.Send(t, `{"cmd":"login","name":"`+bn+`"}`)
+		for i := 3; i <= 40; i++ {
+			a.Send(t, chatReq(t, an, bn, fmt.Sprintf("s%d", i), strconv.Itoa(i)))
+		}
+		expectLogin(t, b, bn, "s2")
+		acks := 0
+		for i := 3; i <= 40; i++ {
+			m := next(t, a)
+			if m["cmd"] != "ack" {
+				t.Fatalf("chat %d: got %v, want an ack", i, m)
+			}
+			acks++
+		}
+		for i := 1; i <= 40; i++ {
+			m := next(t, b)
+			checkDelivery(t, m, an, bn, fmt.Sprintf("s%d", i))
+			if i <= 2 && m["stored"] != true {
+				t.Fatalf("chat %d: %v, want it marked stored", i, m)
+			}
+		}
+		b.ExpectNothing(t, quiet)
+	})
+
+	t.Run("Full", func(t *testing.T) {
+		an, bn := cl.name("alice"), cl.name("bob")
+		a := cl.login(t, 1, an)
+		for i := 0; i < 5; i++ {
+			a.Send(t, chatReq(t, an, bn, fmt.Sprint(i), i))
+			expectStoredAck(t, a, i)
+		}
+		a.Send(t, chatReq(t, an, bn, "one too many", "full"))
+		expectError(t, a, "recipient's mailbox is full", "full")
+		b := cl.login(t, 0, bn)
+		for i := 0; i < 5; i++ {
+			expectStoredDelivery(t, b, an, bn, fmt.Sprint(i))
+		}
+		b.ExpectNothing(t, quiet)
+		// Drained: room again (and bob is online: live).
+		a.Send(t, chatReq(t, an, bn, "now", "now"))
+		expectAck(t, a, "now")
+		expectDelivery(t, b, an, bn, "now")
+	})
+
+	t.Run("NameDash", func(t *testing.T) {
+		// "-" once meant "no name" on the link; it is a name like any other.
+		an := cl.name("alice")
+		a := cl.login(t, 0, an)
+		d := cl.login(t, 1, "-")
+		a.Send(t, chatReq(t, an, "-", "to dash", "d"))
+		expectAck(t, a, "d")
+		expectDelivery(t, d, an, "-", "to dash")
+		d.Send(t, chatReq(t, "-", an, "from dash", "e"))
+		expectAck(t, d, "e")
+		expectDelivery(t, a, "-", an, "from dash")
+	})
+
+	// Last: servers started in a subtest stop when it ends.
+	t.Run("SurvivesServerRestarts", func(t *testing.T) {
+		an, bn := cl.name("alice"), cl.name("bob")
+		a := cl.login(t, 0, an)
+		a.Send(t, chatReq(t, an, bn, "kept", "k"))
+		expectStoredAck(t, a, "k")
+		// Both servers stop (SIGTERM) and start again: the mailbox is in
+		// Redis.
+		for i := range cl.s {
+			cl.s[i].proc.Signal(t, syscall.SIGTERM)
+			if err := cl.s[i].proc.Wait(t, wait); err != nil {
+				t.Fatalf("%s after SIGTERM: %v", cl.s[i].id, err)
+			}
+			cl.restartServer(t, i, cfg.serverArgs...)
+		}
+		cl.proxy.WaitLine(t, `msg="link up".*server=s1`, wait)
+		b := cl.login(t, 1, bn)
+		expectStoredDelivery(t, b, an, bn, "kept")
+	})
+}
+
+// TestMailboxOff: with -mailbox-max 0 an offline recipient is an error, as
+// before the mailbox existed, and nothing is stored.
+func TestMailboxOff(t *testing.T) {
+	t.Parallel()
+	cl := startCluster(t, clusterConfig{serverArgs: []string{"-mailbox-max", "0"}})
+	an, bn := cl.name("alice"), cl.name("bob")
+	a := cl.login(t, 0, an)
+	a.Send(t, chatReq(t, an, bn, "hello?", "x"))
+	expectError(t, a, "recipient not online", "x")
+	a.Send(t, chatReq(t, an, bn, "hello?", nil))
+	expectError(t, a, "recipient not online", nil)
+	b := cl.login(t, 1, bn)
+	b.ExpectNothing(t, quiet)
+	if v, ok := redisGet(t, cl.redis.Addr, mailboxKey(cl.prefix, bn)); ok {
+		t.Fatalf("mailbox of %s exists (%q) with the mailbox off", bn, v)
+	}
+}
+
+// mailboxKey mirrors route.MailboxKey for plain names.
+func mailboxKey(prefix, name string) string { return prefix + "mbox:{" + name + "}" }
+
+// backlog is a recipient that does not read: it logs in with a small
+// receive buffer and lets the server's output to it back up.
+type backlog struct {
+	conn  net.Conn
+	lines []string // what it read once it started reading
+}
+
+func dialBacklog(t *testing.T, addr, name string) *backlog {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.(*net.TCPConn).SetReadBuffer(4096)
+	fmt.Fprintf(c, `{"cmd":"login","name":%q}`+"\n", name)
+	return &backlog{conn: c}
+}
+
+// drain reads everything until the server closes the connection.
+func (b *backlog) drain(t *testing.T) {
+	t.Helper()
+	_ = b.conn.SetReadDeadline(time.Now().Add(2 * wait))
+	r := bufio.NewReader(b.conn)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			if err != io.EOF && !isReset(err) {
+				t.Fatalf("reading the backlog: %v", err)
+			}
+			return
+		}
+		b.lines = append(b.lines, strings.TrimSuffix(line, "\n"))
+	}
+}
+
+func isReset(err error) bool {
+	return strings.Contains(err.Error(), "connection reset")
+}
+
+// fates counts what became of n acked chats whose contents are "c<i>":
+// delivered to the old session (read from its socket after the close),
+// delivered to the new one (live or stored), errored to the sender.
+type fates struct {
+	acked, delivered, stored, errored, dup int
+	seen                                   map[int]int
+}
+
+func (f *fates) note(content string, stored bool) {
+	i, err := strconv.Atoi(strings.TrimPrefix(content, "c"))
+	if err != nil {
+		return
+	}
+	f.seen[i]++
+	if f.seen[i] > 1 {
+		f.dup++
+		return
+	}
+	if stored {
+		f.stored++
+	} else {
+		f.delivered++
+	}
+}
+
+func (f *fates) String() string {
+	silent := f.acked - f.delivered - f.stored - f.errored
+	return fmt.Sprintf("acked=%d delivered=%d stored=%d errored=%d silent=%d dup=%d", f.acked, f.delivered, f.stored, f.errored, silent, f.dup)
+}
+
+// TestBacklogAtClose: a recipient that does not read is streamed thousands
+// of acked 1 KB chats, then its session ends with output still queued, in
+// each of the ways a session ends. Every acked chat must be delivered
+// once (to the old session: what reached the kernel, read afterwards; or
+// to the new one), stored (handed to the new session or the next login
+// from the mailbox), or errored: silent 0, duplicates 0.
+func TestBacklogAtClose(t *testing.T) {
+	t.Parallel()
+	cl := startCluster(t, clusterConfig{serverArgs: []string{"-mailbox-max", "10000", "-max-outbound", "8388608"}})
+	for _, tc := range []struct {
+		name string
+		end  func(t *testing.T, bn string, b *backlog) *testenv.Client // ends the session; returns the session that gets the rest
+	}{
+		{"KickFromOtherServer", func(t *testing.T, bn string, b *backlog) *testenv.Client {
+			return cl.login(t, 0, bn)
+		}},
+		{"KickSameServer", func(t *testing.T, bn string, b *backlog) *testenv.Client {
+			return cl.login(t, 1, bn)
+		}},
+		{"ClientClosesWriteSide", func(t *testing.T, bn string, b *backlog) *testenv.Client {
+			_ = b.conn.(*net.TCPConn).CloseWrite() // EOF for the server; we still read
+			b.drain(t)
+			cl.waitRoute(t, bn, "")
+			return cl.login(t, 0, bn)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			an, bn := cl.name("alice"), cl.name("bob")
+			a := cl.login(t, 0, an)
+			b := dialBacklog(t, cl.s[1].addr, bn)
+			cl.waitRoute(t, bn, "s2")
+			const n = 3800
+			content := strings.Repeat("x", 1000)
+			f := &fates{seen: map[int]int{}}
+			// The sender keeps at most 256 chats unanswered, as a client
+			// with flow control does (a sender that never waits is cut
+			// off past -max-pending while Redis answers for it).
+			errored := map[string]bool{}
+			sent := 0
+			for f.acked+len(errored) < n {
+				for sent < n && sent-f.acked-len(errored) < 256 {
+					a.Send(t, fmt.Sprintf(`{"cmd":"chat","recv":%q,"content":"c%d %s","id":%d}`, bn, sent, content, sent))
+					sent++
+				}
+				m := next(t, a)
+				switch m["cmd"] {
+				case "ack":
+					f.acked++
+				case "error":
+					errored[fmt.Sprint(m["id"])] = true
+				default:
+					t.Fatalf("sender got %v", m)
+				}
+			}
+			if len(errored) > 0 {
+				t.Fatalf("%d chats refused before the session ended (the backlog was meant to fit): %v", len(errored), errored)
+			}
+			newer := tc.end(t, bn, b)
+			if tc.name != "ClientClosesWriteSide" {
+				b.drain(t) // the kicked session: its kernel buffers
+			}
+			kicked := false
+			for _, l := range b.lines {
+				var m map[string]any
+				if json.Unmarshal([]byte(l), &m) != nil {
+					t.Fatalf("old session read %q", l)
+				}
+				switch m["cmd"] {
+				case "chat":
+					if kicked {
+						t.Fatalf("old session got a chat after its kicked line: %v", m)
+					}
+					f.note(strings.Fields(fmt.Sprint(m["content"]))[0], false)
+				case "kicked":
+					kicked = true
+				}
+			}
+			// The new session: first what the old one left (stored), then
+			// nothing else; mailbox chats arrive marked stored.
+			for f.delivered+f.stored+f.dup < n {
+				m := newer.ReadJSON(t, wait)
+				if m["cmd"] != "chat" {
+					t.Fatalf("new session got %v", m)
+				}
+				f.note(strings.Fields(fmt.Sprint(m["content"]))[0], m["stored"] == true)
+			}
+			newer.ExpectNothing(t, quiet)
+			t.Logf("%s: %v (old session read %d lines)", tc.name, f, len(b.lines))
+			if f.delivered+f.stored+f.errored != f.acked || f.dup != 0 {
+				t.Fatalf("%s: %v", tc.name, f)
+			}
+			for i := 0; i < n; i++ {
+				if f.seen[i] != 1 {
+					t.Fatalf("chat c%d seen %d times", i, f.seen[i])
+				}
+			}
+		})
+	}
+}
