@@ -124,25 +124,37 @@ func AppendFrame(dst []byte, f *Frame) []byte {
 // AppendFrameHead appends a data frame up to its payload (f.Payload is not
 // used): the caller appends the payload and the "\n".
 func AppendFrameHead(dst []byte, f *Frame) []byte {
-	dst = append(dst, f.Kind, ' ')
-	dst = append(dst, f.Dst...)
-	dst = append(dst, ' ')
-	dst = strconv.AppendUint(dst, f.DstEpoch, 16)
-	dst = append(dst, ' ')
-	dst = append(dst, f.Src...)
-	dst = append(dst, ' ')
-	dst = strconv.AppendUint(dst, f.Stream, 16)
-	dst = append(dst, ' ')
-	dst = strconv.AppendUint(dst, f.Seq, 10)
-	dst = append(dst, ' ')
-	dst = strconv.AppendInt(dst, int64(f.Hops), 10)
-	dst = append(dst, ' ')
-	dst = appendField(dst, f.Send)
-	dst = append(dst, ' ')
-	dst = appendField(dst, f.Recv)
-	dst = append(dst, ' ')
-	dst = appendField(dst, f.ID)
-	return append(dst, ' ')
+	return AppendDataHead(dst, f.Kind, f.Dst, f.DstEpoch, f.Src, f.Stream, f.Seq, f.Hops, string(f.Send), string(f.Recv), f.ID)
+}
+
+// AppendDataHead is AppendFrameHead with the fields given one by one, the
+// names as strings (no conversion on the hot path).
+func AppendDataHead(b []byte, kind byte, dstID []byte, dstEpoch uint64, srcID []byte, stream, seq uint64, hops int, send, recv string, id []byte) []byte {
+	b = append(b, kind, ' ')
+	b = append(b, dstID...)
+	b = append(b, ' ')
+	b = strconv.AppendUint(b, dstEpoch, 16)
+	b = append(b, ' ')
+	b = append(b, srcID...)
+	b = append(b, ' ')
+	b = strconv.AppendUint(b, stream, 16)
+	b = append(b, ' ')
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, int64(hops), 10)
+	b = append(b, ' ')
+	b = appendStrField(b, send)
+	b = append(b, ' ')
+	b = appendStrField(b, recv)
+	b = append(b, ' ')
+	b = appendField(b, id)
+	return append(b, ' ')
+}
+
+func appendStrField(dst []byte, s string) []byte {
+	dst = strconv.AppendInt(dst, int64(len(s)), 10)
+	dst = append(dst, ':')
+	return append(dst, s...)
 }
 
 // AppendAckFrame appends an ack line: from acknowledges stream (which to

@@ -48,6 +48,14 @@ func (c *chat) appendLine(dst []byte) []byte {
 	return b[:len(b)-1]
 }
 
+// escape returns a heap copy of c for the paths that keep it past the
+// call (callbacks, queues), so the hot paths can keep c on the stack.
+func (c *chat) escape() *chat {
+	h := new(chat)
+	*h = *c
+	return h
+}
+
 // detach copies what aliases a loop's buffers, before the chat leaves it.
 func (c *chat) detach() {
 	if c.payload != nil {
@@ -118,7 +126,8 @@ func (s *Server) toSession(l *batch.Loop, dst *session, c *chat) bool {
 // The attempt is queued while the registry shard is held, so a login here
 // that registers the name afterwards drains the mailbox only after this
 // store. With the mailbox off it is a lookup.
-func (s *Server) resolve(l *batch.Loop, c *chat) {
+func (s *Server) resolve(l *batch.Loop, cs *chat) {
+	c := cs.escape() // cs stays on the caller's stack
 	if !s.opt.mailboxOn() {
 		c.detach()
 		if !s.redis.call(func(ctx context.Context) {
@@ -225,8 +234,9 @@ func (s *Server) storedResult(l *batch.Loop, c *chat, res route.StoreResult) {
 
 // lookupFor looks the recipient of a client's chat up off the loop (the
 // sender waits busy, so its later chats keep their order).
-func (s *Server) lookupFor(l *batch.Loop, c *chat) {
+func (s *Server) lookupFor(l *batch.Loop, cs *chat) {
 	s.stats.CacheMisses.Add(1)
+	c := cs.escape() // cs stays on the caller's stack
 	c.detach()
 	s.offload(c.from, c.id, func(ctx context.Context) *outcome {
 		r, found, err := s.opt.Router.Lookup(ctx, c.recv)
@@ -267,12 +277,8 @@ func (s *Server) forward(l *batch.Loop, c *chat, dst string) {
 		s.fail(l, c, codec.ErrMoving)
 		return
 	}
-	var id []byte
-	if c.id != nil {
-		id = c.id
-	}
-	f := codec.Frame{Kind: codec.KindMsg, Hops: c.hops, Send: []byte(c.send), Recv: []byte(c.recv), ID: id}
-	err := s.out.get(dst).push(&f, c.appendLine, outMeta{from: c.from, send: c.send, recv: c.recv, id: c.id, ts: c.ts})
+	h := frameHead{kind: codec.KindMsg, hops: c.hops, send: c.send, recv: c.recv, id: c.id}
+	err := s.out.get(dst).push(h, c.appendLine, outMeta{from: c.from, ts: c.ts})
 	if err != nil {
 		s.stats.StreamFull.Add(1)
 		s.fail(l, c, err.(codec.ProtoError))
@@ -346,8 +352,8 @@ func (s *Server) settleIn(l *batch.Loop, st *inStream, seq uint64) {
 func (s *Server) errorTo(server, send string, id []byte, reason codec.ProtoError) {
 	payload := codec.AppendError(nil, string(reason), id)
 	payload = payload[:len(payload)-1]
-	f := codec.Frame{Kind: codec.KindError, Recv: []byte(send), ID: id}
-	if err := s.out.get(server).push(&f, func(b []byte) []byte { return append(b, payload...) }, outMeta{recv: send, id: id}); err != nil {
+	h := frameHead{kind: codec.KindError, recv: send, id: id}
+	if err := s.out.get(server).push(h, func(b []byte) []byte { return append(b, payload...) }, outMeta{}); err != nil {
 		s.stats.DroppedNoSender.Add(1)
 		s.log.Warn("cannot return an error to a sender on another server: its stream is full", "server", server, "sender", send, "reason", string(reason))
 	}

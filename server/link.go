@@ -41,8 +41,10 @@ type link struct {
 	reach atomic.Pointer[map[string]uint64]
 	// goodbye is set when the remote end said it is stopping.
 	goodbye atomic.Bool
-	// touched collects, during one callback, the streams to acknowledge.
+	// touched collects, during one callback, the streams to acknowledge;
+	// lastIn is the stream the last frame belonged to.
 	touched []*inStream
+	lastIn  *inStream
 	name    string // for logs: "proxy p1" or "server s2"
 }
 

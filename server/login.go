@@ -115,8 +115,8 @@ func (s *Server) kickRemote(name string, prev route.Route, reply *kickReply) boo
 		return true
 	}
 	payload := prev.Token + " " + reply.server + " " + reply.token
-	f := codec.Frame{Kind: codec.KindKick, Recv: []byte(name)}
-	if err := s.out.get(prev.Server).push(&f, func(b []byte) []byte { return append(b, payload...) }, outMeta{}); err != nil {
+	h := frameHead{kind: codec.KindKick, recv: name}
+	if err := s.out.get(prev.Server).push(h, func(b []byte) []byte { return append(b, payload...) }, outMeta{}); err != nil {
 		s.stats.KickUndelivered.Add(1)
 		s.log.Warn("cannot kick the older session: its server's stream is full", "user", name, "server", prev.Server)
 		return false
@@ -205,8 +205,8 @@ func (s *Server) sendKickDone(r *kickReply) {
 		return
 	}
 	token := r.token
-	f := codec.Frame{Kind: codec.KindKicked, Recv: []byte(r.name)}
-	if err := s.out.get(r.server).push(&f, func(b []byte) []byte { return append(b, token...) }, outMeta{}); err != nil {
+	h := frameHead{kind: codec.KindKicked, recv: r.name}
+	if err := s.out.get(r.server).push(h, func(b []byte) []byte { return append(b, token...) }, outMeta{}); err != nil {
 		s.log.Warn("cannot report a finished kick: stream full", "user", r.name, "server", r.server)
 	}
 }

@@ -83,8 +83,8 @@ type Options struct {
 	// MaxLine caps a request line in bytes; 0 means codec.DefaultMaxLine.
 	MaxLine int
 	// MaxPending caps the bytes a client may have queued behind one of its
-	// requests that waits on Redis; past it the client is disconnected.
-	// 0 means 1 MiB.
+	// requests that waits on Redis, and the bytes of its chats on their way
+	// through Redis; past it the client is disconnected. 0 means 4 MiB.
 	MaxPending int
 	// MaxOutbound caps the bytes waiting to be written to one client, and
 	// the chats waiting for its mailbox to drain; a client that reads slower
@@ -224,7 +224,7 @@ func (o *Options) setDefaults() error {
 		}
 	}
 	def(&o.MaxLinkOutbound, 64<<20)
-	def(&o.MaxPending, 1<<20)
+	def(&o.MaxPending, 4<<20)
 	def(&o.MaxOutbound, 4<<20)
 	def(&o.MaxInflight, 4096)
 	def(&o.MaxPeerPending, 64)

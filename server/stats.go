@@ -59,17 +59,30 @@ type Stats struct {
 }
 
 // chatErrorReasons are the errors a chat can end in, in the order of the
-// per-reason counters (relaychat_chat_errors_total{reason}).
-var chatErrorReasons = [...]codec.ProtoError{
-	codec.ErrOffline, codec.ErrMailboxFull, codec.ErrNoForwarding, codec.ErrCongested,
-	codec.ErrUnconfirmed, codec.ErrMoving, codec.ErrRoutingDown, codec.ErrBusy,
-	codec.ErrShuttingDown, codec.ErrNotLoggedIn, codec.ErrSendMismatch, codec.ErrRateLimited,
+// per-reason counters, with the label value monitoring shows for each
+// (relaychat_chat_errors_total{reason}).
+var chatErrorReasons = [...]struct {
+	err codec.ProtoError
+	key string
+}{
+	{codec.ErrOffline, "recipient_offline"},
+	{codec.ErrMailboxFull, "mailbox_full"},
+	{codec.ErrNoForwarding, "forwarding_unavailable"},
+	{codec.ErrCongested, "forwarding_congested"},
+	{codec.ErrUnconfirmed, "unconfirmed"},
+	{codec.ErrMoving, "recipient_moving"},
+	{codec.ErrRoutingDown, "routing_store_unavailable"},
+	{codec.ErrBusy, "server_busy"},
+	{codec.ErrShuttingDown, "shutting_down"},
+	{codec.ErrNotLoggedIn, "not_logged_in"},
+	{codec.ErrSendMismatch, "send_mismatch"},
+	{codec.ErrRateLimited, "rate_limited"},
 }
 
 var chatErrorIndex = func() map[codec.ProtoError]int {
 	m := make(map[codec.ProtoError]int, len(chatErrorReasons))
 	for i, r := range chatErrorReasons {
-		m[r] = i
+		m[r.err] = i
 	}
 	return m
 }()
@@ -81,11 +94,11 @@ func (s *Stats) countChatError(err codec.ProtoError) {
 	}
 }
 
-// ChatErrors returns the chats that ended in an error, by reason.
+// ChatErrors returns the chats that ended in an error, by reason key.
 func (s *Stats) ChatErrors() map[string]int64 {
 	out := make(map[string]int64, len(chatErrorReasons))
 	for i, r := range chatErrorReasons {
-		out[string(r)] = s.chatErrors[i].Load()
+		out[r.key] = s.chatErrors[i].Load()
 	}
 	return out
 }

@@ -63,6 +63,7 @@ func (is *inStreams) sweep(now time.Time) {
 	cutoff := now.Add(-inStreamIdle).UnixNano()
 	for k, st := range is.m {
 		if st.lastSeen.Load() < cutoff && st.idle() {
+			st.swept.Store(true)
 			delete(is.m, k)
 		}
 	}
@@ -83,6 +84,7 @@ type inStream struct {
 	s        *Server
 	key      inKey
 	lastSeen atomic.Int64
+	swept    atomic.Bool // removed from inStreams: a link's cached pointer must not be used
 	// proc serialises deciding this stream's frames.
 	proc sync.Mutex
 
@@ -179,7 +181,15 @@ func (st *inStream) sendAck() {
 // receiveFrame handles one data or skip frame from link lk, on lk's loop.
 // touched collects the streams whose acknowledgement may have moved.
 func (s *Server) receiveFrame(l *batch.Loop, lk *link, f *codec.Frame, touched *[]*inStream) {
-	st := s.in.get(f.Src, f.Stream)
+	// A link carries few streams, usually one at a time: remember the last
+	// one, so the common case needs no map lookup (nor a key allocation).
+	st := lk.lastIn
+	if st == nil || st.key.stream != f.Stream || st.key.src != string(f.Src) || st.swept.Load() {
+		st = s.in.get(f.Src, f.Stream)
+		lk.lastIn = st
+	} else {
+		st.lastSeen.Store(time.Now().UnixNano())
+	}
 	if !containsStream(*touched, st) {
 		*touched = append(*touched, st)
 	}

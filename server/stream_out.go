@@ -122,24 +122,29 @@ type outFrame struct {
 
 // outMeta is what push records about a frame.
 type outMeta struct {
-	from       *session
-	send, recv string
-	id         []byte
-	ts         int64
+	from *session
+	ts   int64
 }
 
-// push appends a frame to the stream: f's routing fields are filled in
-// here, payload appends its payload. It fails with the error for the
-// sender when the stream is at its byte bound.
-func (o *outStream) push(f *codec.Frame, payload func([]byte) []byte, m outMeta) error {
+// frameHead is what a caller says about a frame; push adds the routing.
+type frameHead struct {
+	kind       byte
+	hops       int
+	send, recv string
+	id         []byte
+}
+
+// push appends a frame to the stream; payload appends its payload. It
+// fails with the error for the sender when the stream is at its byte bound.
+func (o *outStream) push(h frameHead, payload func([]byte) []byte, m outMeta) error {
 	o.mu.Lock()
-	if o.path == nil && o.s.opt.noHold && f.Kind == codec.KindMsg {
+	if o.path == nil && o.s.opt.noHold && h.kind == codec.KindMsg {
 		o.mu.Unlock()
 		return codec.ErrNoForwarding
 	}
-	f.Dst, f.DstEpoch, f.Src, f.Stream, f.Seq = o.dstB, o.dstEpoch, o.s.idB, o.id, o.next
+	seq := o.next
 	start := len(o.buf)
-	o.buf = codec.AppendFrameHead(o.buf, f)
+	o.buf = codec.AppendDataHead(o.buf, h.kind, o.dstB, o.dstEpoch, o.s.idB, o.id, seq, h.hops, h.send, h.recv, h.id)
 	o.buf = payload(o.buf)
 	o.buf = append(o.buf, '\n')
 	if len(o.buf)-o.head > o.s.opt.MaxHoldBytes && o.fh < len(o.frames) {
@@ -152,7 +157,7 @@ func (o *outStream) push(f *codec.Frame, payload func([]byte) []byte, m outMeta)
 		return codec.ErrCongested
 	}
 	o.next++
-	o.frames = append(o.frames, outFrame{seq: f.Seq, end: len(o.buf), at: time.Now().UnixNano(), ts: m.ts, kind: f.Kind, from: m.from})
+	o.frames = append(o.frames, outFrame{seq: seq, end: len(o.buf), at: time.Now().UnixNano(), ts: m.ts, kind: h.kind, from: m.from})
 	lk := o.schedule()
 	o.mu.Unlock()
 	if lk != nil {
@@ -497,7 +502,8 @@ func (s *Server) dropLost(dst string, lost []lostFrame) {
 		case codec.KindKick, codec.KindKicked:
 			f := lf.f
 			payload := f.Payload
-			if err := s.out.get(dst).push(&f, func(b []byte) []byte { return append(b, payload...) }, outMeta{}); err != nil {
+			h := frameHead{kind: f.Kind, hops: f.Hops, send: string(f.Send), recv: string(f.Recv), id: f.ID}
+			if err := s.out.get(dst).push(h, func(b []byte) []byte { return append(b, payload...) }, outMeta{}); err != nil {
 				s.stats.KickUndelivered.Add(1)
 				s.log.Warn("kick could not be queued again", "server", dst, "user", string(f.Recv))
 			}
@@ -553,8 +559,8 @@ func (s *Server) restore(dst string, from *session, c *chat) {
 				s.tellSender(from, c, codec.ErrMoving)
 				return
 			}
-			f := codec.Frame{Kind: codec.KindMsg, Hops: c.hops, Send: []byte(c.send), Recv: []byte(c.recv), ID: c.id}
-			if err := s.out.get(res.Route.Server).push(&f, c.appendLine, outMeta{from: from, ts: c.ts}); err != nil {
+			h := frameHead{kind: codec.KindMsg, hops: c.hops, send: c.send, recv: c.recv, id: c.id}
+			if err := s.out.get(res.Route.Server).push(h, c.appendLine, outMeta{from: from, ts: c.ts}); err != nil {
 				s.tellSender(from, c, err.(codec.ProtoError))
 			}
 		}

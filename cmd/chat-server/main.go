@@ -22,7 +22,7 @@ const prog = "chat-server"
 func main() {
 	fs := flag.NewFlagSet(prog, flag.ExitOnError)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: %s [flags]\n\nRuns a message server: clients speak newline-delimited JSON on -listen;\nforwarding proxies link to -peer-listen.\n\nFlags:\n", prog)
+		fmt.Fprintf(fs.Output(), "Usage: %s [flags]\n\nRuns a message server: clients speak newline-delimited JSON on -listen (and\nWebSocket on -ws-listen); proxies and, in mesh mode, other servers link to\n-peer-listen.\n\nFlags:\n", prog)
 		fs.PrintDefaults()
 	}
 	var (
@@ -39,15 +39,20 @@ func main() {
 		loops       = fs.Int("loops", 0, "number of event loops; 0 = decided by -multicore")
 		maxLine     = fs.Int("max-line", codec.DefaultMaxLine, fmt.Sprintf("longest request line in bytes (64..%d); longer lines close the connection", codec.MaxClientLine))
 		maxOut      = fs.Int("max-outbound", 4<<20, "bytes queued to one client before it is disconnected as a slow consumer")
-		maxLinkOut  = fs.Int("max-link-outbound", 64<<20, "bytes queued to a proxy link before chats needing it are refused")
+		maxLinkOut  = fs.Int("max-link-outbound", 64<<20, "bytes queued to one link before streams stop writing into it until it drains")
+		sendBuffer  = fs.Int("send-buffer", 64<<10, "kernel send buffer of client sockets (SO_SNDBUF); a close puts back what the client had not acknowledged, up to about twice this; -1 = the kernel's autotuning")
+		kickWait    = fs.Duration("kick-wait", 3*time.Second, "how long a new login waits for the session it replaced to hand back its unsent chats")
+		resendAfter = fs.Duration("resend-after", time.Second, "how long a stream waits for an acknowledgement before it resends (over another path if there is one); doubles while none comes")
+		drainTO     = fs.Duration("drain-timeout", 2*time.Second, "at shutdown, the longest each step waits for chats to be acknowledged or written")
+		kickFlush   = fs.Duration("kick-flush", 2*time.Second, "how long a kicked session's queued output may take to be acknowledged by its client before it is closed")
 		holdBytes   = fs.Int("hold-bytes", 8<<20, "bytes of chats sent to one server and not yet acknowledged (held while no path reaches it); past it new chats for it are refused; -1 = hold nothing: refuse at once while no path reaches it")
 		holdAge     = fs.Duration("hold-age", 5*time.Second, "how long a chat may wait unacknowledged; then it is stored for its recipient (never sent) or its sender gets an error (sent, unconfirmed)")
-		maxPending  = fs.Int("max-pending", 1<<20, "bytes a client may send while one of its requests waits on Redis")
+		maxPending  = fs.Int("max-pending", 4<<20, "bytes a client may send while one of its requests waits on Redis")
 		maxInflight = fs.Int("max-inflight", 4096, "concurrent Redis operations for logins and cache misses")
 		redisTO     = fs.Duration("redis-timeout", 2*time.Second, "timeout of one Redis operation")
 		cacheTTL    = fs.Duration("route-cache-ttl", route.DefaultCacheTTL, "how long a route stays in the client-side cache at most")
 		noCache     = fs.Bool("no-route-cache", false, "disable client-side caching of routes (for comparison)")
-		maxConns    = fs.Int("max-conns", 0, "client connections at most; 0 = derived at start from the open-file limit, the descriptors in use and a headroom")
+		maxConns    = fs.Int("max-conns", 0, "connections at most (clients and links); 0 = derived at start from the open-file limit, the descriptors in use and a headroom")
 		idleTO      = fs.Duration("idle-timeout", 5*time.Minute, "close a client silent this long (a ping keeps it open); 0 = never")
 		rateLimit   = fs.Float64("rate-limit", 0, "requests per second per connection; 0 = no limit")
 		rateBurst   = fs.Int("rate-burst", 0, "burst of -rate-limit; 0 = one second's worth")
@@ -132,6 +137,11 @@ func main() {
 		MaxLine:         *maxLine,
 		MaxOutbound:     *maxOut,
 		MaxLinkOutbound: *maxLinkOut,
+		SendBuffer:      *sendBuffer,
+		KickWait:        *kickWait,
+		KickFlush:       *kickFlush,
+		ResendAfter:     *resendAfter,
+		DrainTimeout:    *drainTO,
 		MaxPending:      *maxPending,
 		MaxHoldBytes:    *holdBytes,
 		MaxHoldAge:      *holdAge,
