@@ -79,8 +79,11 @@ func proxyRestart(t *testing.T, cfg clusterConfig, held bool) {
 		d := cl.login(t, 1, dn)
 
 		cl.proxy = cl.startProxy(t) // waits for "proxy ready"
-		for _, s := range cl.s {
+		for i, s := range cl.s {
 			s.proc.WaitLine(t, proxyLinkUpRE, wait)
+			// Each server's stream to the other has its path again (the
+			// proxy's reach line has arrived).
+			s.proc.WaitLine(t, `msg="stream path" .*server=`+cl.s[1-i].id+` via="proxy proxy1"`, wait)
 			if !hasLine(cl.proxy, regexp.MustCompile(`msg="link up".* server=`+s.id+`\b`)) {
 				t.Fatalf("new proxy said \"proxy ready\" without a \"link up\" for %s:\n%s", s.id, strings.Join(cl.proxy.Lines(), "\n"))
 			}

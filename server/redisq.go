@@ -154,14 +154,11 @@ func (q *redisQueue) run(quit <-chan struct{}) {
 			q.s.stats.RedisErrors.Add(1)
 			q.s.log.Warn("routing store failed a batch of mailbox writes", "chats", len(jobs), "err", err)
 		}
-		for i := range jobs {
-			jobs[i].done(res[i])
-		}
 		if err == nil {
 			// Recipients found online elsewhere: load their routes into the
-			// route table (one round trip for the batch), so the next chats
-			// to them are decided on the loop and keep flowing through a
-			// Redis outage.
+			// route table (one round trip for the batch) before their chats
+			// go, so the next chats to them are decided on the loop and
+			// keep flowing through a Redis outage.
 			var online []string
 			for i, r := range res {
 				if r.Err == nil && r.Outcome == route.Online && r.Route.Server != q.s.opt.ID {
@@ -173,6 +170,9 @@ func (q *redisQueue) run(quit <-chan struct{}) {
 				q.s.opt.Router.Warm(ctx, online)
 				cancel()
 			}
+		}
+		for i := range jobs {
+			jobs[i].done(res[i])
 		}
 		q.finished(len(jobs))
 	}

@@ -318,6 +318,13 @@ func (o *outStream) setPath(lk *link, epoch uint64, resend bool) {
 		o.s.stats.StreamResent.Add(int64(o.sent - o.head))
 		o.resent += int64(len(o.frames) - o.fh)
 	}
+	if lk != o.path {
+		if lk == nil {
+			o.s.log.Warn("stream path down: holding chats for the server", "server", o.dst)
+		} else {
+			o.s.log.Info("stream path", "server", o.dst, "via", lk.remote.Role+" "+lk.remote.ID, "unacked", len(o.frames)-o.fh)
+		}
+	}
 	o.path = lk
 	o.sent = o.head
 	o.progress = time.Now()
