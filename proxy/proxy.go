@@ -476,10 +476,10 @@ func (p *Proxy) checkReady() {
 }
 
 // Shutdown drains and stops the proxy, bounded by ctx: it tells every
-// server it is stopping (they move their streams to other paths), waits up
-// to DrainTimeout for what it already relayed to reach the kernel, then
-// closes its links and stops. Whatever it held that did not go out is
-// resent by the servers' streams.
+// server it is stopping; each moves its streams to other paths and closes
+// its link once it has acknowledged what came through it. The proxy waits
+// up to DrainTimeout for that, then closes what is left and stops.
+// Whatever it held that did not go out is resent by the servers' streams.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	var err error
 	p.shutOnce.Do(func() {
@@ -492,8 +492,8 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 			}
 		}
 		dctx, cancel := context.WithTimeout(ctx, p.opt.DrainTimeout)
-		for dctx.Err() == nil && pendingBytes(conns) > 0 {
-			time.Sleep(5 * time.Millisecond) // poll: gnet reports no drain event
+		for dctx.Err() == nil && !allClosed(conns) {
+			time.Sleep(5 * time.Millisecond) // poll: the servers close their links
 		}
 		cancel()
 		if left := pendingBytes(conns); left > 0 {
@@ -515,6 +515,15 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		}
 	})
 	return err
+}
+
+func allClosed(conns []*conn) bool {
+	for _, c := range conns {
+		if !c.Closed() {
+			return false
+		}
+	}
+	return true
 }
 
 // pendingBytes sums the outbound backlog of conns, read on their loops.

@@ -278,20 +278,34 @@ func (s *Server) forward(l *batch.Loop, c *chat, dst string) {
 		return
 	}
 	h := frameHead{kind: codec.KindMsg, hops: c.hops, send: c.send, recv: c.recv, id: c.id}
-	err := s.out.get(dst).push(h, c.appendLine, outMeta{from: c.from, ts: c.ts})
+	m := outMeta{ts: c.ts}
+	if c.from != nil && c.id != nil {
+		// The sender's ack is owed until the frame has reached the kernel
+		// on a link: only then has it left this process.
+		m.from, m.id = c.from, append([]byte(nil), c.id...)
+	} else if c.from != nil {
+		m.from = c.from
+	}
+	err := s.out.get(dst).push(h, c.appendLine, m)
 	if err != nil {
 		s.stats.StreamFull.Add(1)
 		s.fail(l, c, err.(codec.ProtoError))
 		return
 	}
 	s.stats.Forwarded.Add(1)
+	if c.from != nil {
+		s.stats.ChatsReceived.Add(1) // acked later, by the stream
+		return
+	}
 	s.settled(l, c, false)
 }
 
 // settled tells the chat's origin that the chat has been taken care of
-// (written to a session, stored, put on a stream): a client's chat is
-// acknowledged ("stored":true when it went to the mailbox), a stream's
-// frame may be acknowledged.
+// (written to a session, stored, or, for a stream's frame, put on another
+// stream): a client's chat is acknowledged ("stored":true when it went to
+// the mailbox), a stream's frame may be acknowledged. (A client's chat put
+// on a stream is acknowledged by the stream, once the frame has reached
+// the kernel.)
 func (s *Server) settled(l *batch.Loop, c *chat, stored bool) {
 	if c.in != nil {
 		s.settleIn(l, c.in, c.seq)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -45,7 +46,12 @@ type link struct {
 	// lastIn is the stream the last frame belonged to.
 	touched []*inStream
 	lastIn  *inStream
-	name    string // for logs: "proxy p1" or "server s2"
+	// sent counts the bytes handed to the connection; inFlight are the
+	// stream frames among them not known to be in the kernel yet (their
+	// senders' acks wait for it). Loop only.
+	sent     int64
+	inFlight []linkFrame
+	name     string // for logs: "proxy p1" or "server s2"
 }
 
 func (lk *link) reaches(server string) (uint64, bool) {
@@ -196,6 +202,7 @@ func (s *Server) openLink(lk *link, c gnet.Conn, l *batch.Loop) (out []byte, act
 	now := time.Now().UnixNano()
 	lk.opened = now
 	lk.lastSeen.Store(now)
+	lk.Hooks = linkBytes{lk}
 	if limit := s.maxConns.Load(); limit > 0 && s.stats.Connections.Load()+s.openLinks.Load() >= limit {
 		s.stats.Refused.Add(1)
 		lk.MarkClosed()
@@ -227,6 +234,13 @@ func (s *Server) openLink(lk *link, c gnet.Conn, l *batch.Loop) (out []byte, act
 	return out, gnet.None
 }
 
+// linkBytes counts what batch writes to a link (control lines, acks), so
+// that lk.sent matches what gnet was handed.
+type linkBytes struct{ lk *link }
+
+func (b linkBytes) Written(buf []byte, _ []batch.Mark) { b.lk.sent += int64(len(buf)) }
+func (linkBytes) Lost([]byte, []batch.Mark)            {}
+
 // closeLink is the link's OnClose.
 func (s *Server) closeLink(lk *link, err error) {
 	lk.MarkClosed()
@@ -256,6 +270,7 @@ func (s *Server) closeLink(lk *link, err error) {
 func (s *Server) serveLink(l *batch.Loop, lk *link) gnet.Action {
 	c := lk.C
 	lk.lastSeen.Store(time.Now().UnixNano())
+	lk.kernelProgress()
 	buf, _ := c.Peek(-1)
 	consumed := 0
 	act := gnet.None
@@ -369,9 +384,14 @@ func (s *Server) linkLine(l *batch.Loop, lk *link, line []byte) {
 		s.repathAll()
 		return
 	case codec.KindGoodbye:
+		// The peer is stopping: move the streams off this link, then close
+		// it from this side, once this callback's acks are written, so the
+		// peer does not close on frames still coming in (a reset that would
+		// lose the acks).
 		lk.goodbye.Store(true)
 		s.log.Info("peer is stopping; moving its streams", "peer", lk.remote.ID)
 		s.repathAll()
+		l.Post(func() { _ = lk.C.Close() })
 		return
 	}
 	var f codec.Frame
@@ -508,7 +528,7 @@ func (s *Server) meshLoop() {
 						stop := make(chan struct{})
 						go func() {
 							select {
-							case <-s.stop:
+							case <-s.dialStop:
 							case <-d.stop:
 							}
 							close(stop)
@@ -534,7 +554,7 @@ func (s *Server) meshLoop() {
 			}
 		}
 		select {
-		case <-s.stop:
+		case <-s.dialStop:
 			return
 		case <-t.C:
 		}
@@ -543,15 +563,26 @@ func (s *Server) meshLoop() {
 
 // enrollDialed hands a dialed connection to the engine's loops.
 func (s *Server) enrollDialed(id string, nc net.Conn) (<-chan bool, error) {
+	select {
+	case <-s.dialStop:
+		return nil, errors.New("server: shutting down")
+	default:
+	}
 	lk := &link{dialed: true, want: id, ended: make(chan bool, 1)}
 	ctx := gnet.NewNetConnContext(gnet.NewContext(context.Background(), lk), nc)
 	ch, err := s.eng.Register(ctx)
 	if err != nil {
 		return nil, err
 	}
-	res := <-ch
-	if res.Err != nil {
-		return nil, res.Err
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+	case <-s.dialStop:
+		// The engine may be stopping and never register it: give up on
+		// it (gnet closes what it did register when it stops).
+		return nil, errors.New("server: shutting down")
 	}
 	return lk.ended, nil
 }

@@ -56,9 +56,15 @@ type Server struct {
 	watching  sync.Map // *session -> struct{}: output to watch
 	retaining sync.Map // *session -> struct{}: holding chats the client may not have acknowledged
 
-	eng       gnet.Engine
-	engDone   chan error
-	booted    chan struct{}
+	eng     gnet.Engine
+	engDone chan error
+	booted  chan struct{}
+	running chan struct{} // closed by the first OnTick: the loops run
+	runOnce sync.Once
+	// dialStop stops the mesh dialers; closed at the start of Shutdown,
+	// before the engine stops (a dial enrolled into a stopping engine
+	// never returns).
+	dialStop  chan struct{}
 	listeners []*listener
 	peerAddr  string // advertised
 
@@ -133,6 +139,8 @@ func New(o Options) (*Server, error) {
 		stop:     make(chan struct{}),
 		failed:   make(chan error, 1),
 		booted:   make(chan struct{}),
+		running:  make(chan struct{}),
+		dialStop: make(chan struct{}),
 		engDone:  make(chan error, 1),
 	}
 	s.out = newOutStreams(s)
@@ -285,18 +293,23 @@ func (s *Server) startEngine() error {
 		// Links dialed later join the loops through Engine.Register, which
 		// is only safe with a balancer other than round-robin.
 		gnet.WithLoadBalancing(gnet.LeastConnections),
+		// OnBoot runs before the loops exist; the ticker's first call comes
+		// once they run (see OnTick).
+		gnet.WithTicker(true),
 	}
 	if s.opt.Loops > 0 {
 		opts = append(opts, gnet.WithNumEventLoop(s.opt.Loops))
 	}
 	go func() { s.engDone <- gnet.Rotate(&handler{s: s}, addrs, opts...) }()
-	select {
-	case <-s.booted:
-	case err := <-s.engDone:
-		if err == nil {
-			err = errors.New("engine stopped before it started")
+	for _, ready := range []chan struct{}{s.booted, s.running} {
+		select {
+		case <-ready:
+		case err := <-s.engDone:
+			if err == nil {
+				err = errors.New("engine stopped before it started")
+			}
+			return fmt.Errorf("server: listen on %s: %w", strings.Join(addrs, ", "), err)
 		}
-		return fmt.Errorf("server: listen on %s: %w", strings.Join(addrs, ", "), err)
 	}
 	for _, l := range s.listeners {
 		fd, err := s.eng.DupListener("tcp", l.gaddr)
@@ -372,6 +385,13 @@ func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
 	h.s.eng = eng
 	close(h.s.booted)
 	return gnet.None
+}
+
+// OnTick runs on the ticker's goroutine, which gnet starts after the
+// loops: its first call says they run. Then it sleeps.
+func (h *handler) OnTick() (time.Duration, gnet.Action) {
+	h.s.runOnce.Do(func() { close(h.s.running) })
+	return time.Hour, gnet.None
 }
 
 func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
@@ -666,6 +686,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 		return nil
 	}
 	s.closing.Store(true)
+	close(s.dialStop)
 	var errs []error
 	step := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, s.opt.DrainTimeout) }
 

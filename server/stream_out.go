@@ -113,16 +113,23 @@ type outFrame struct {
 	at   int64 // unix nanos it was pushed
 	ts   int64 // chats: receive time, unix ms
 	kind byte
-	// sentOn is the path the frame was written to (the current run of dst
-	// may have it), nil if none, or manyPaths; a nak from a proxy clears
-	// it if that proxy was the only path.
-	sentOn *link
-	from   *session // chats: the sender, when on this server
+	// sentOn is the path the frame was written to, nil if none, or
+	// manyPaths; inKernel records that it reached the kernel on a path (it
+	// has left this process: the current run of dst may have it). A nak
+	// from a proxy clears both if that proxy was the only path.
+	sentOn   *link
+	inKernel bool
+	from     *session // chats: the sender, when on this server
+	// owed is the sender's request id while its ack has not gone out:
+	// the ack goes once the frame reached the kernel (or the receiver
+	// acknowledged it, or it was stored instead).
+	owed []byte
 }
 
 // outMeta is what push records about a frame.
 type outMeta struct {
 	from *session
+	id   []byte // the sender's request id: an ack is owed
 	ts   int64
 }
 
@@ -157,7 +164,7 @@ func (o *outStream) push(h frameHead, payload func([]byte) []byte, m outMeta) er
 		return codec.ErrCongested
 	}
 	o.next++
-	o.frames = append(o.frames, outFrame{seq: seq, end: len(o.buf), at: time.Now().UnixNano(), ts: m.ts, kind: h.kind, from: m.from})
+	o.frames = append(o.frames, outFrame{seq: seq, end: len(o.buf), at: time.Now().UnixNano(), ts: m.ts, kind: h.kind, from: m.from, owed: m.id})
 	lk := o.schedule()
 	o.mu.Unlock()
 	if lk != nil {
@@ -194,22 +201,112 @@ func (o *outStream) flush(lk *link) {
 		skip = codec.AppendSkipFrame(nil, o.dst, o.dstEpoch, o.s.opt.ID, o.id, o.frames[o.fh].seq)
 	}
 	data := o.buf[o.sent:]
+	base := lk.sent + int64(len(skip)) - int64(o.sent) // link offset of buf[0]
 	for i := len(o.frames) - 1; i >= o.fh && o.frames[i].end > o.sent; i-- {
-		switch fr := &o.frames[i]; fr.sentOn {
+		fr := &o.frames[i]
+		switch fr.sentOn {
 		case nil:
 			fr.sentOn = lk
 		case lk:
 		default:
 			fr.sentOn = manyPaths
 		}
+		if !fr.inKernel {
+			lk.inFlight = append(lk.inFlight, linkFrame{end: base + int64(fr.end), o: o, seq: fr.seq})
+		}
 	}
 	o.sent = len(o.buf)
 	o.mu.Unlock()
 	if skip != nil {
+		lk.sent += int64(len(skip))
 		_, _ = lk.C.Write(skip)
 	}
+	lk.sent += int64(len(data))
 	_, _ = lk.C.Write(data)
 	lk.CheckOutbound()
+	lk.kernelProgress()
+}
+
+// linkFrame is a stream frame written to a link and not known to have
+// reached the kernel: end is its link offset.
+type linkFrame struct {
+	end int64
+	o   *outStream
+	seq uint64
+}
+
+// kernelProgress marks the frames written to lk that the kernel has taken
+// (gnet holds none of their bytes any more), and sends their senders'
+// acks. On lk's loop.
+func (lk *link) kernelProgress() {
+	if len(lk.inFlight) == 0 || lk.Closed() {
+		return
+	}
+	kernel := lk.sent - int64(lk.C.OutboundBuffered())
+	i := 0
+	for i < len(lk.inFlight) && lk.inFlight[i].end <= kernel {
+		i++
+	}
+	if i == 0 {
+		return
+	}
+	// Frames of one stream come in order: mark each run at once.
+	for _, f := range lk.inFlight[:i] {
+		f.o.reachedKernel(lk, f.seq)
+	}
+	n := copy(lk.inFlight, lk.inFlight[i:])
+	clear(lk.inFlight[n:])
+	lk.inFlight = lk.inFlight[:n]
+}
+
+// reachedKernel records that frame seq, written to lk, is in the kernel,
+// and acknowledges it to its sender if that is still owed.
+func (o *outStream) reachedKernel(lk *link, seq uint64) {
+	o.mu.Lock()
+	var from *session
+	var id []byte
+	if i := o.find(seq); i >= 0 {
+		if fr := &o.frames[i]; fr.sentOn == lk || fr.sentOn == manyPaths {
+			fr.inKernel = true
+			from, id = fr.from, fr.owed
+			fr.owed = nil
+		}
+	}
+	o.mu.Unlock()
+	o.s.ackSender(from, id, false)
+}
+
+// find returns the index of frame seq, or -1; o.mu held. Seqs are
+// contiguous from frames[fh] except after a new run of dst dropped some,
+// hence the check and the search.
+func (o *outStream) find(seq uint64) int {
+	if o.fh == len(o.frames) || seq < o.frames[o.fh].seq {
+		return -1
+	}
+	if i := o.fh + int(seq-o.frames[o.fh].seq); i < len(o.frames) && o.frames[i].seq == seq {
+		return i
+	}
+	for i := o.fh; i < len(o.frames); i++ {
+		if o.frames[i].seq == seq {
+			return i
+		}
+	}
+	return -1
+}
+
+// ackSender sends a chat's sender its ack (stored: "stored":true), from
+// any goroutine; nothing when none is owed or the sender has left.
+func (s *Server) ackSender(from *session, id []byte, stored bool) {
+	if from == nil || id == nil || from.Closed() {
+		return
+	}
+	var line []byte
+	if stored {
+		line = codec.AppendAckStored(nil, id)
+	} else {
+		line = codec.AppendAck(nil, id)
+	}
+	batch.Send(&from.Endpoint, line, nil)
 }
 
 // manyPaths marks a frame written to more than one path.
@@ -222,12 +319,9 @@ func (o *outStream) nak(lk *link, id, seq uint64) {
 	if id != o.id {
 		return
 	}
-	for i := o.fh; i < len(o.frames); i++ {
-		if fr := &o.frames[i]; fr.seq == seq {
-			if fr.sentOn == lk {
-				fr.sentOn = nil
-			}
-			return
+	if i := o.find(seq); i >= 0 {
+		if fr := &o.frames[i]; fr.sentOn == lk {
+			fr.sentOn, fr.inKernel = nil, false
 		}
 	}
 }
@@ -241,6 +335,12 @@ func (o *outStream) ack(id, seq uint64) {
 	}
 	i := o.fh
 	for i < len(o.frames) && o.frames[i].seq <= seq {
+		if fr := &o.frames[i]; fr.owed != nil {
+			// The receiver has it: the sender's ack cannot wait for the
+			// kernel bookkeeping of a path that may be gone.
+			o.s.ackSender(fr.from, fr.owed, false)
+			fr.owed = nil
+		}
 		i++
 	}
 	if i == o.fh {
@@ -341,7 +441,8 @@ type lostFrame struct {
 	f         codec.Frame // parsed; its slices are copies
 	ts        int64
 	from      *session
-	delivered bool // transmitted: it may have arrived
+	owed      []byte // the sender's ack is still owed (with this id)
+	delivered bool   // it reached the kernel on a path: it may have arrived
 }
 
 // newRunLocked re-addresses the stream to run epoch of dst: frames already
@@ -364,14 +465,14 @@ func (o *outStream) newRunLocked(epoch uint64) []lostFrame {
 		if err := codec.ParseFrame(line, &f); err != nil {
 			continue
 		}
-		if m.sentOn != nil && old != 0 {
-			lost = append(lost, lostFrame{f: copyFrame(&f), ts: m.ts, from: m.from, delivered: true})
+		if m.inKernel && old != 0 {
+			lost = append(lost, lostFrame{f: copyFrame(&f), ts: m.ts, from: m.from, owed: m.owed, delivered: true})
 			continue
 		}
 		f.DstEpoch = epoch
 		nb = codec.AppendFrame(nb, &f)
 		m.end = len(nb)
-		m.sentOn = nil
+		m.sentOn, m.inKernel = nil, false
 		nf = append(nf, m)
 	}
 	o.buf, o.head, o.sent = nb, 0, 0
@@ -403,7 +504,7 @@ func (o *outStream) tick(now time.Time) {
 		m := o.frames[i]
 		var f codec.Frame
 		if codec.ParseFrame(o.buf[start:m.end-1], &f) == nil {
-			lost = append(lost, lostFrame{f: copyFrame(&f), ts: m.ts, from: m.from, delivered: m.sentOn != nil})
+			lost = append(lost, lostFrame{f: copyFrame(&f), ts: m.ts, from: m.from, owed: m.owed, delivered: m.inKernel})
 		}
 		start = m.end
 		i++
@@ -460,7 +561,7 @@ func (o *outStream) giveUp() {
 	for _, m := range o.frames[o.fh:] {
 		var f codec.Frame
 		if codec.ParseFrame(o.buf[start:m.end-1], &f) == nil {
-			lost = append(lost, lostFrame{f: copyFrame(&f), ts: m.ts, from: m.from, delivered: m.sentOn != nil})
+			lost = append(lost, lostFrame{f: copyFrame(&f), ts: m.ts, from: m.from, owed: m.owed, delivered: m.inKernel})
 		}
 		start = m.end
 	}
@@ -505,7 +606,7 @@ func (s *Server) dropLost(dst string, lost []lostFrame) {
 				s.tellSender(lf.from, c, reason)
 				continue
 			}
-			s.restore(dst, lf.from, c)
+			s.restore(dst, lf.from, lf.owed, c)
 		case codec.KindKick, codec.KindKicked:
 			f := lf.f
 			payload := f.Payload
@@ -537,7 +638,7 @@ func (s *Server) tellSender(from *session, c *chat, reason codec.ProtoError) {
 // restore stores a chat that could not reach server dst in its
 // recipient's mailbox; if the routing store says the recipient is online
 // elsewhere, it goes there.
-func (s *Server) restore(dst string, from *session, c *chat) {
+func (s *Server) restore(dst string, from *session, owed []byte, c *chat) {
 	req := route.StoreReq{Name: c.recv, Line: c.payload, TS: c.ts, Here: dst}
 	if !s.redis.store(req, func(res route.StoreResult) {
 		if res.Expired > 0 {
@@ -548,6 +649,7 @@ func (s *Server) restore(dst string, from *session, c *chat) {
 			s.tellSender(from, c, codec.ErrNoForwarding)
 		case res.Outcome == route.Stored:
 			s.stats.Stored.Add(1)
+			s.ackSender(from, owed, true)
 			if res.Route.Server == dst && dst != s.opt.ID {
 				// The recipient may still be logged in there: once a path
 				// is back, tell that session to read its mailbox.
@@ -557,6 +659,7 @@ func (s *Server) restore(dst string, from *session, c *chat) {
 			s.tellSender(from, c, codec.ErrMailboxFull)
 		case res.Route.Server == s.opt.ID:
 			if dstS := s.reg.get(c.recv); dstS != nil && s.toSession(nil, dstS, c) {
+				s.ackSender(from, owed, false)
 				return
 			}
 			s.tellSender(from, c, codec.ErrOffline)
@@ -567,7 +670,7 @@ func (s *Server) restore(dst string, from *session, c *chat) {
 				return
 			}
 			h := frameHead{kind: codec.KindMsg, hops: c.hops, send: c.send, recv: c.recv, id: c.id}
-			if err := s.out.get(res.Route.Server).push(h, c.appendLine, outMeta{from: from, ts: c.ts}); err != nil {
+			if err := s.out.get(res.Route.Server).push(h, c.appendLine, outMeta{from: from, id: owed, ts: c.ts}); err != nil {
 				s.tellSender(from, c, err.(codec.ProtoError))
 			}
 		}
