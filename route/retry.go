@@ -3,6 +3,7 @@ package route
 import (
 	"context"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,8 +26,10 @@ import (
 // is then empty (a re-assertion). Both run in one script, in that order,
 // so the entry's outcome does not depend on how its parts were queued;
 // running it twice is the same as running it once. A later Claim or
-// Release of the name through this Store drops a queued re-assertion it
-// makes obsolete, so a retry never resurrects a session that has ended.
+// Release of the name through this Store turns a queued re-assertion it
+// makes obsolete into a release of that value, so a retry never
+// resurrects a session that has ended, even one whose attempt was in
+// flight.
 //
 // The queue is bounded (Options.RetryQueue keys); a route that finds it
 // full is given up, counted in RetryStats.GivenUp. Close gives the queue
@@ -210,9 +213,12 @@ func (q *retryQueue) pending(key string) bool {
 	return q.entries[key] != nil
 }
 
-// forget drops key's queued re-assertion: of value, or any when value is
-// "" (a new claim replaced whatever it would have restored).
-func (q *retryQueue) forget(key, value string) {
+// supersede cancels key's queued re-assertion: of value, or any when
+// value is "" (a new claim replaced whatever it would have restored). The
+// re-assertion may be in flight in an attempt that cannot be recalled, so
+// it is not just dropped: its value joins the releases, which the next
+// attempt runs after the one in flight, deleting it if it landed.
+func (q *retryQueue) supersede(key, value string) {
 	if q.n.Load() == 0 {
 		return
 	}
@@ -222,12 +228,14 @@ func (q *retryQueue) forget(key, value string) {
 	if e == nil || e.reassert == "" || (value != "" && e.reassert != value) {
 		return
 	}
+	v := e.reassert
 	e.reassert = ""
-	q.touch(e)
-	if len(e.releases) == 0 {
-		delete(q.entries, key)
-		q.n.Store(int64(len(q.entries)))
+	if !slices.Contains(e.releases, v) {
+		e.releases = append(e.releases, v)
 	}
+	e.due = time.Now()
+	q.touch(e)
+	q.poke()
 }
 
 // backoff returns the delay before attempt number n+1 (n ≥ 1): doubling

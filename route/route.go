@@ -182,6 +182,8 @@ type Store struct {
 	// a route has been seen without a heartbeat.
 	deadMu sync.Mutex
 	dead   map[string]time.Time
+
+	closeOnce sync.Once
 }
 
 // New validates o and dials Redis with rueidis, with client-side caching in
@@ -290,10 +292,12 @@ func New(o Options) (*Store, error) {
 
 // Close gives route writes still waiting to be retried up to
 // Options.Timeout to go through (see RetryStats), then closes the Redis
-// connections. Calls after Close fail.
+// connections. Calls after Close fail; Close may be called again.
 func (s *Store) Close() {
-	s.retry.close()
-	s.client.Close()
+	s.closeOnce.Do(func() {
+		s.retry.close()
+		s.client.Close()
+	})
 }
 
 // RetryStats returns the retry queue's counters (see retry.go).
@@ -366,7 +370,7 @@ func (s *Store) Claim(ctx context.Context, name string, r Route) (prev Route, ha
 	key := RouteKey(s.prefix, name)
 	// A re-assertion of an older session of name, waiting in the retry
 	// queue, must not come back after this login ends.
-	s.retry.forget(key, "")
+	s.retry.supersede(key, "")
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
 	v, err := s.client.Do(ctx, s.client.B().Set().Key(key).Value(r.Encode()).Get().Build()).ToString()
@@ -404,7 +408,7 @@ func (s *Store) Release(ctx context.Context, name string, r Route) (bool, error)
 		return false, err
 	}
 	key, v := RouteKey(s.prefix, name), r.Encode()
-	s.retry.forget(key, v)
+	s.retry.supersede(key, v)
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
 	n, err := releaseScript.exec(ctx, s.client, []string{key}, []string{v}).AsInt64()
@@ -464,7 +468,7 @@ func (s *Store) ReleaseAll(ctx context.Context, routes map[string]Route) (delete
 			continue
 		}
 		key, v := RouteKey(s.prefix, name), r.Encode()
-		s.retry.forget(key, v)
+		s.retry.supersede(key, v)
 		execs = append(execs, rueidis.LuaExec{Keys: []string{key}, Args: []string{v}})
 		names = append(names, name)
 		if len(execs) == batchSize {
