@@ -24,6 +24,7 @@ func main() {
 		fmt.Fprintf(fs.Output(), "Usage: %s [flags]\n\nRuns a message server: clients speak newline-delimited JSON on -listen;\nforwarding proxies link to -peer-listen.\n\nFlags:\n", prog)
 		fs.PrintDefaults()
 	}
+	redisFlags := cli.AddRedisFlags(fs)
 	var (
 		id          = fs.String("id", "", "unique server id (letters, digits, '-', '_', '.'); default \"s\" + the -listen port")
 		listen      = fs.String("listen", ":9501", "client address; port 0 picks a free port (logged at start)")
@@ -32,8 +33,6 @@ func main() {
 		topology    = fs.String("topology", "proxy", "proxy: cross-server chats go through forwarding proxies; mesh: servers also link directly to each other")
 		mailboxMax  = fs.Int("mailbox-max", 1000, "stored chats per offline user; 0 turns the mailbox off")
 		mailboxTTL  = fs.Duration("mailbox-ttl", 168*time.Hour, "how long a stored chat is kept")
-		redisAddr   = fs.String("redis", route.DefaultAddr, "Redis address, or a comma list for Redis Cluster")
-		prefix      = fs.String("redis-prefix", route.DefaultPrefix, "prefix of every Redis key")
 		multicore   = fs.Bool("multicore", false, "one event loop per CPU core (default one loop)")
 		loops       = fs.Int("loops", 0, "number of event loops; 0 = decided by -multicore")
 		maxLine     = fs.Int("max-line", codec.DefaultMaxLine, fmt.Sprintf("longest request line in bytes (64..%d); longer lines close the connection", codec.MaxClientLine))
@@ -102,13 +101,12 @@ func main() {
 		log.Warn("could not raise the open-file limit", "err", err)
 	}
 	log.Debug("open-file limit", "nofile", nofile)
-	store, err := route.New(route.Options{
-		Addrs:        cli.SplitList(*redisAddr),
-		Prefix:       *prefix,
-		CacheTTL:     *cacheTTL,
-		Timeout:      *redisTO,
-		DisableCache: *noCache,
-	})
+	ro, err := redisFlags.Options(nil)
+	if err != nil {
+		cli.Fatal(prog, err, 2)
+	}
+	ro.CacheTTL, ro.Timeout, ro.DisableCache = *cacheTTL, *redisTO, *noCache
+	store, err := route.New(ro)
 	if err != nil {
 		cli.Fatal(prog, err, 1)
 	}
@@ -149,7 +147,7 @@ func main() {
 	if err := srv.Start(); err != nil {
 		cli.Fatal(prog, err, 1)
 	}
-	log.Info("server ready", "id", *id, "client", srv.ClientAddr(), "peer", srv.PeerAddr(), "redis", *redisAddr, "topology", *topology)
+	log.Info("server ready", "id", *id, "client", srv.ClientAddr(), "peer", srv.PeerAddr(), "redis", redisFlags.Describe(ro), "topology", *topology)
 	failed := false
 	select {
 	case <-ctx.Done():
