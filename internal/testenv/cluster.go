@@ -624,14 +624,16 @@ func (c *RedisClusterProc) Heal(t testing.TB) {
 	c.WaitHealthy(t)
 }
 
-// Keys returns the keys matching pattern on every master that is up,
-// scanned node by node (replicas hold copies and are left out).
+// Keys returns the keys matching pattern on every master, scanned node by
+// node (replicas hold copies and are left out). It fails the test if a
+// node serving slots is down: its keys cannot be counted (wait for the
+// failover first).
 func (c *RedisClusterProc) Keys(t testing.TB, pattern string) []string {
 	t.Helper()
 	var all []string
 	for _, m := range c.Masters(t) {
 		if !m.Up() {
-			continue
+			t.Fatalf("testenv: cannot count keys: master %s is down and not failed over yet", m.Addr)
 		}
 		rc, err := DialRedis(m.Addr, RedisAuth{}, 2*time.Second)
 		if err != nil {
