@@ -220,9 +220,9 @@ func (s *Store) Alive(ctx context.Context, serverID string) (bool, error) {
 	return found, nil
 }
 
-// Ping checks that Redis answers. If ctx has no deadline, Options.Timeout
-// applies. An answer after an outage also re-arms the route table (see
-// CachedLookup).
+// Ping checks that Redis answers (on a cluster, the node rueidis picks).
+// If ctx has no deadline, Options.Timeout applies. An answer after an
+// outage also re-arms the route table (see CachedLookup).
 func (s *Store) Ping(ctx context.Context) error {
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
@@ -230,6 +230,6 @@ func (s *Store) Ping(ctx context.Context) error {
 	if err := s.client.Do(ctx, s.client.B().Ping().Build()).Error(); err != nil {
 		return fmt.Errorf("route: ping: %w", err)
 	}
-	s.markUp(before)
+	s.answered(before)
 	return nil
 }

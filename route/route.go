@@ -174,8 +174,9 @@ type Store struct {
 	state atomic.Uint64
 	// known is the in-process route table (cache.go); probing gates the
 	// one probe that looks for Redis coming back during an outage.
-	known   *known
-	probing atomic.Bool
+	known     *known
+	probing   atomic.Bool
+	lastProbe atomic.Int64 // unix ns when the last probe ended
 	// retry holds route writes waiting for a node to come back (retry.go).
 	retry *retryQueue
 	// dead tracks, for SweepDeadServers, since when each server named by
