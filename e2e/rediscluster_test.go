@@ -220,6 +220,10 @@ func TestRedisClusterE2E(t *testing.T) {
 		go func() { probes <- probeLogins(cl, probeNames, stop) }()
 
 		time.Sleep(500 * time.Millisecond) // a stretch of traffic before the fault, not synchronisation
+		// The sessions' routes are on the replicas before the master dies
+		// (asynchronous replication could lose the latest otherwise; see
+		// WaitReplicated).
+		rc.WaitReplicated(t)
 		t0 := time.Now()
 		m.Kill()
 		fo := rc.WaitFailover(t, m, t0)
@@ -283,6 +287,7 @@ func TestRedisClusterE2E(t *testing.T) {
 		rc.Heal(t)
 		m2 := rc.Masters(t)[1]
 		mid := len(rcRoutes(t, cl, rc))
+		rc.WaitReplicated(t)
 		t0 = time.Now()
 		m2.Kill()
 		for _, p := range ps {

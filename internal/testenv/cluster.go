@@ -609,6 +609,53 @@ func (c *RedisClusterProc) WaitFailover(t testing.TB, node *ClusterNode, since t
 	}
 }
 
+// WaitReplicated waits until every replica that is up has processed its
+// master's replication stream up to where it was when the wait began
+// (slave_repl_offset reaches the master's master_repl_offset), so that
+// killing a master then loses no earlier write. Replication is
+// asynchronous: on a loaded machine a replica can lag by tens of
+// milliseconds, and a master killed within them takes those writes along.
+func (c *RedisClusterProc) WaitReplicated(t testing.TB) {
+	t.Helper()
+	offset := func(v any, field string) int64 {
+		s, _ := v.(string)
+		for _, line := range strings.Split(s, "\r\n") {
+			if x, ok := strings.CutPrefix(line, field+":"); ok {
+				n, _ := strconv.ParseInt(x, 10, 64)
+				return n
+			}
+		}
+		return -1
+	}
+	deadline := time.Now().Add(clusterReadyTimeout)
+	for _, n := range c.Nodes {
+		if !n.Up() {
+			continue
+		}
+		info, err := n.do("INFO", "replication")
+		if s, _ := info.(string); err != nil || !strings.Contains(s, "role:slave") {
+			continue
+		}
+		master := net.JoinHostPort("127.0.0.1", strconv.FormatInt(offset(info, "master_port"), 10))
+		mv, err := RedisDo(master, RedisAuth{}, "INFO", "replication")
+		if err != nil {
+			continue // its master is down: nothing more will come
+		}
+		want := offset(mv, "master_repl_offset")
+		for {
+			info, err = n.do("INFO", "replication")
+			got := offset(info, "slave_repl_offset")
+			if err == nil && got >= want {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("testenv: replica %s at offset %d, its master %s at %d after %v", n.Addr, got, master, want, clusterReadyTimeout)
+			}
+			time.Sleep(5 * time.Millisecond) // poll interval: the loop re-checks
+		}
+	}
+}
+
 // Heal restarts every node that is down, resumes every paused one, and
 // waits until the cluster is healthy with all its nodes.
 func (c *RedisClusterProc) Heal(t testing.TB) {
