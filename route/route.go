@@ -107,9 +107,9 @@ type Options struct {
 	// TTL is cached only for what remains of it. Must not be negative.
 	CacheTTL time.Duration
 	// Timeout bounds each blocking method when its ctx has no deadline; 0
-	// means DefaultTimeout (2s). Must not be negative. ReleaseAll and
-	// ClearServer apply it per round trip (per batch or SCAN page), not to
-	// the whole call.
+	// means DefaultTimeout (2s). Must not be negative. ReleaseAll,
+	// Reassert, ClearServer and the scans apply it to each round trip (per
+	// batch or SCAN page), whatever ctx's deadline, not to the whole call.
 	Timeout time.Duration
 	// ConnTimeout bounds each connection attempt (dial, TLS and handshake)
 	// and how long a connection may leave a request unanswered: a
@@ -425,8 +425,8 @@ func (s *Store) Release(ctx context.Context, name string, r Route) (bool, error)
 // ReleaseAll is the batch form of Release, for shutdown and for closing
 // sessions in bulk: for each name it deletes the route only if it equals
 // the given route. Commands are pipelined in batches of at most 256, each
-// sent to the master of its key's slot, with Options.Timeout applied per
-// batch when ctx has no deadline. deleted counts the routes removed now.
+// sent to the master of its key's slot, with Options.Timeout (and ctx)
+// bounding each batch. deleted counts the routes removed now.
 //
 // A route that Redis cannot take now (its node is down or failing over)
 // is queued and retried until done, as for Release. err reports only what
@@ -446,7 +446,7 @@ func (s *Store) ReleaseAll(ctx context.Context, routes map[string]Route) (delete
 		if len(execs) == 0 {
 			return
 		}
-		bctx, cancel := s.withTimeout(ctx)
+		bctx, cancel := s.roundTrip(ctx)
 		res := releaseScript.execMulti(bctx, s.client, execs, true)
 		cancel()
 		for i, r := range res {
@@ -485,7 +485,8 @@ func (s *Store) ReleaseAll(ctx context.Context, routes map[string]Route) (delete
 // (a restart without persistence, or a failover that lost recent writes);
 // a name that has a route, e.g. a newer login elsewhere, is left alone.
 // It returns how many it wrote now. Commands are pipelined in batches of
-// 256, with Options.Timeout per batch when ctx has no deadline.
+// 256, with Options.Timeout (and ctx) bounding each batch, so a node that
+// is down delays the call by one timeout, not by all of ctx.
 //
 // A route Redis cannot take now is queued and retried until done, after
 // any release of the same name queued before it (see RetryStats); a
@@ -505,7 +506,7 @@ func (s *Store) Reassert(ctx context.Context, routes map[string]Route) (written 
 		if len(cmds) == 0 {
 			return
 		}
-		bctx, cancel := s.withTimeout(ctx)
+		bctx, cancel := s.roundTrip(ctx)
 		res := s.client.DoMulti(bctx, cmds...)
 		cancel()
 		for i, r := range res {
