@@ -197,90 +197,7 @@ func TestRedisClusterE2E(t *testing.T) {
 
 	t.Run("MasterFailover", func(t *testing.T) {
 		rc.Heal(t)
-		m := rc.Masters(t)[0]
-		// Sessions that exist before the fault: senders on s1, receivers
-		// on s2 (cross-server) and on s1 (same server).
-		const pairs = 6
-		var ps []*loadPair
-		for i := 0; i < pairs; i++ {
-			p := &loadPair{send: cl.name("ps"), recv: cl.name("pr")}
-			p.sc = dialLine(t, cl.s[0].addr, p.send)
-			p.rc = dialLine(t, cl.s[i%2].addr, p.recv)
-			ps = append(ps, p)
-		}
-		probeNames := rcNamesOn(t, cl, rc, m, "probe", 400)
-		before := len(rcRoutes(t, cl, rc))
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		for _, p := range ps {
-			wg.Add(1)
-			go func() { defer wg.Done(); p.run(stop) }()
-		}
-		probes := make(chan []probe, 1)
-		go func() { probes <- probeLogins(cl, probeNames, stop) }()
-
-		time.Sleep(500 * time.Millisecond) // a stretch of traffic before the fault, not synchronisation
-		// The sessions' routes are on the replicas before the master dies
-		// (asynchronous replication could lose the latest otherwise; see
-		// WaitReplicated).
-		rc.WaitReplicated(t)
-		t0 := time.Now()
-		m.Kill()
-		fo := rc.WaitFailover(t, m, t0)
-		time.Sleep(3 * time.Second) // a stretch of traffic after the failover, not synchronisation
-		close(stop)
-		wg.Wait()
-		results := <-probes
-
-		// Logins for users whose slot was on the dead master.
-		var fails []probe
-		var lastFail time.Time
-		for _, r := range results {
-			if r.err != "" && r.start.After(t0) {
-				fails = append(fails, r)
-				lastFail = r.start
-			}
-		}
-		outage := time.Duration(0)
-		for _, r := range results {
-			if r.err == "" && r.start.After(lastFail) && !lastFail.IsZero() {
-				outage = r.end.Sub(t0)
-				break
-			}
-		}
-		errs := map[string]int{}
-		for _, f := range fails {
-			errs[f.err]++
-		}
-		t.Logf("master %s killed: failover after %v; logins on its slots failed for %v (%d of %d probes failed: %v)",
-			m.Addr, fo.Round(time.Millisecond), outage.Round(time.Millisecond), len(fails), len(results), errs)
-
-		// The chats between sessions that existed before.
-		for _, p := range ps {
-			p.finish(t)
-		}
-		var sent, acked, stored, errored, delivered, silent int
-		var maxGap time.Duration
-		for _, p := range ps {
-			sent += p.sent
-			acked += p.acked
-			stored += p.stored
-			errored += p.errored
-			delivered += p.delivered
-			silent += p.sent - p.acked - p.stored - p.errored
-			maxGap = max(maxGap, p.maxGap)
-		}
-		t.Logf("chats of %d sessions that existed before: sent %d, acked %d, delivered %d, stored %d, errored %d, silent %d; longest gap between deliveries of a pair %v",
-			2*pairs, sent, acked, delivered, stored, errored, silent, maxGap.Round(time.Millisecond))
-		if errored != 0 || silent != 0 || stored != 0 || delivered != acked {
-			t.Fatalf("chats were interrupted: errors %v", errorsOf(ps))
-		}
-		if outage > 10*time.Second {
-			t.Fatalf("logins failed for %v, want under 10s", outage)
-		}
-		if outage == 0 && len(fails) > 0 {
-			t.Fatalf("logins never recovered")
-		}
+		ps, before := rcFailover(t, cl, rc, "killed", func(m *testenv.ClusterNode) { m.Kill() })
 
 		// Everyone leaves while a second master dies: the releases go
 		// through once its slots are failed over.
@@ -288,16 +205,27 @@ func TestRedisClusterE2E(t *testing.T) {
 		m2 := rc.Masters(t)[1]
 		mid := len(rcRoutes(t, cl, rc))
 		rc.WaitReplicated(t)
-		t0 = time.Now()
+		t0 := time.Now()
 		m2.Kill()
 		for _, p := range ps {
 			p.sc.Close()
 			p.rc.Close()
 		}
-		fo = rc.WaitFailover(t, m2, t0)
+		fo := rc.WaitFailover(t, m2, t0)
 		rcWaitRoutes(t, cl, rc, 0, 20*time.Second)
 		t.Logf("routes: %d before the first fault, %d before the second; every session closed as master %s died: failover after %v, 0 routes left %v after the kill",
 			before, mid, m2.Addr, fo.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
+	})
+
+	t.Run("MasterFrozen", func(t *testing.T) {
+		rc.Heal(t)
+		ps, _ := rcFailover(t, cl, rc, "frozen (SIGSTOP)", func(m *testenv.ClusterNode) { m.Pause(t) })
+		for _, p := range ps {
+			p.sc.Close()
+			p.rc.Close()
+		}
+		rc.Heal(t) // resumes it: it rejoins as a replica
+		rcWaitRoutes(t, cl, rc, 0, wait)
 	})
 
 	t.Run("NoLeakedRoutes", func(t *testing.T) {
@@ -512,4 +440,99 @@ func probeOnce(addr, name string) string {
 		return ""
 	}
 	return fmt.Sprint(m["error"])
+}
+
+// rcFailover runs chats between sessions that exist before the fault and
+// login probes for users on the first master's slots, applies fault to
+// that master, waits for the failover and some traffic after it, and
+// checks: the chats go on (every one acked and delivered in order, none
+// refused), and logins come back within 10s. It logs the measures and
+// returns the pairs (still connected) and the route count before.
+func rcFailover(t *testing.T, cl *cluster, rc *testenv.RedisClusterProc, what string, fault func(*testenv.ClusterNode)) ([]*loadPair, int) {
+	t.Helper()
+	m := rc.Masters(t)[0]
+	// Sessions that exist before the fault: senders on s1, receivers
+	// on s2 (cross-server) and on s1 (same server).
+	const pairs = 6
+	var ps []*loadPair
+	for i := 0; i < pairs; i++ {
+		p := &loadPair{send: cl.name("ps"), recv: cl.name("pr")}
+		p.sc = dialLine(t, cl.s[0].addr, p.send)
+		p.rc = dialLine(t, cl.s[i%2].addr, p.recv)
+		ps = append(ps, p)
+	}
+	probeNames := rcNamesOn(t, cl, rc, m, "probe", 400)
+	before := len(rcRoutes(t, cl, rc))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.run(stop) }()
+	}
+	probes := make(chan []probe, 1)
+	go func() { probes <- probeLogins(cl, probeNames, stop) }()
+
+	time.Sleep(500 * time.Millisecond) // a stretch of traffic before the fault, not synchronisation
+	// The sessions' routes are on the replicas before the master dies
+	// (asynchronous replication could lose the latest otherwise; see
+	// WaitReplicated).
+	rc.WaitReplicated(t)
+	t0 := time.Now()
+	fault(m)
+	fo := rc.WaitFailover(t, m, t0)
+	time.Sleep(3 * time.Second) // a stretch of traffic after the failover, not synchronisation
+	close(stop)
+	wg.Wait()
+	results := <-probes
+
+	// Logins for users whose slot was on the dead master.
+	var fails []probe
+	var lastFail time.Time
+	for _, r := range results {
+		if r.err != "" && r.start.After(t0) {
+			fails = append(fails, r)
+			lastFail = r.start
+		}
+	}
+	outage := time.Duration(0)
+	for _, r := range results {
+		if r.err == "" && r.start.After(lastFail) && !lastFail.IsZero() {
+			outage = r.end.Sub(t0)
+			break
+		}
+	}
+	errs := map[string]int{}
+	for _, f := range fails {
+		errs[f.err]++
+	}
+	t.Logf("master %s %s: failover after %v; logins on its slots failed for %v (%d of %d probes failed: %v)",
+		m.Addr, what, fo.Round(time.Millisecond), outage.Round(time.Millisecond), len(fails), len(results), errs)
+
+	// The chats between sessions that existed before.
+	for _, p := range ps {
+		p.finish(t)
+	}
+	var sent, acked, stored, errored, delivered, silent int
+	var maxGap time.Duration
+	for _, p := range ps {
+		sent += p.sent
+		acked += p.acked
+		stored += p.stored
+		errored += p.errored
+		delivered += p.delivered
+		silent += p.sent - p.acked - p.stored - p.errored
+		maxGap = max(maxGap, p.maxGap)
+	}
+	t.Logf("chats of %d sessions that existed before: sent %d, acked %d, delivered %d, stored %d, errored %d, silent %d; longest gap between deliveries of a pair %v",
+		2*pairs, sent, acked, delivered, stored, errored, silent, maxGap.Round(time.Millisecond))
+	if errored != 0 || silent != 0 || stored != 0 || delivered != acked {
+		t.Fatalf("chats were interrupted: errors %v", errorsOf(ps))
+	}
+	if outage > 10*time.Second {
+		t.Fatalf("logins failed for %v, want under 10s", outage)
+	}
+	if outage == 0 && len(fails) > 0 {
+		t.Fatalf("logins never recovered")
+	}
+	return ps, before
 }
