@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/redis/rueidis"
 )
@@ -171,6 +172,76 @@ func (s *Store) markUp(before uint64) {
 	}
 }
 
+// answered records that a connection answered a request sent after
+// before was read. A standalone or sentinel-managed Redis is then back,
+// and the table is cleared (markUp). A cluster is not: the answer may come
+// from a healthy master while the one that dropped is still down, and
+// clearing the table then would send every chat to a user on the dead
+// master's slots to Redis, where it fails, instead of along the last-known
+// route. So on a cluster the probe decides.
+func (s *Store) answered(before uint64) {
+	if !s.cluster {
+		s.markUp(before)
+		return
+	}
+	if s.cacheDown() {
+		s.startProbe()
+	}
+}
+
+// probeEvery spaces the probes for Redis coming back.
+const probeEvery = 100 * time.Millisecond
+
+// startProbe starts one background probe, unless one runs or ran less
+// than probeEvery ago. The probe re-arms the table once Redis answers: on
+// a cluster, once every slot has a master and every master answers, so
+// that slots failed over to a replica (which never tracked this client's
+// reads, and will not invalidate them) are read afresh.
+func (s *Store) startProbe() {
+	if time.Since(time.Unix(0, s.lastProbe.Load())) < probeEvery || !s.probing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer func() {
+			s.lastProbe.Store(time.Now().UnixNano())
+			s.probing.Store(false)
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+		defer cancel()
+		before := s.state.Load()
+		if s.allMastersAnswer(ctx) {
+			s.markUp(before)
+		}
+	}()
+}
+
+// allMastersAnswer reports whether every master (the one node, unless a
+// cluster) answers, with every cluster slot served. On a cluster the
+// question goes through rueidis' own slot map, a keyed EXISTS per master,
+// so a map that still names a dead master fails it even after the
+// cluster itself failed over.
+func (s *Store) allMastersAnswer(ctx context.Context) bool {
+	ms, err := s.masters(ctx)
+	if err != nil {
+		return false
+	}
+	var covered slotSet
+	for _, m := range ms {
+		pctx, cancel := s.roundTrip(ctx)
+		if s.cluster {
+			err = s.client.Do(pctx, s.client.B().Exists().Key("{"+slotTag(m.slots[0].lo)+"}").Build()).Error()
+		} else {
+			err = m.client.Do(pctx, m.client.B().Ping().Build()).Error()
+		}
+		cancel()
+		if err != nil {
+			return false
+		}
+		covered.add(m.slots)
+	}
+	return covered.full()
+}
+
 // Drops counts the Redis connections seen dropping since New (with
 // client-side caching on; 0 forever with DisableCache). A Redis restart
 // drops every connection, so a change tells a caller that Redis may have
@@ -190,9 +261,10 @@ func (s *Store) KnownRoutes() int { return s.known.len() }
 // cached.
 //
 // While a Redis connection is down it keeps answering from the last-known
-// routes, so chats to known users keep flowing through an outage; the
-// first such answer also starts one background probe that ends this mode
-// when Redis answers again (the table is then cleared).
+// routes, so chats to known users keep flowing through an outage; such
+// answers also start a background probe (at most one per 100ms) that ends
+// this mode when Redis answers again (the table is then cleared): on a
+// cluster, only once every master answers, i.e. after a failover.
 //
 // No read-your-writes: after this Store's own Claim or Release the table
 // may show the old route for a moment, because Redis 7 sends the
@@ -205,11 +277,8 @@ func (s *Store) CachedLookup(name string) (r Route, ok bool, hit bool) {
 	if !found {
 		return Route{}, false, false
 	}
-	if s.cacheDown() && s.probing.CompareAndSwap(false, true) {
-		go func() {
-			defer s.probing.Store(false)
-			_ = s.Ping(context.Background())
-		}()
+	if s.cacheDown() {
+		s.startProbe()
 	}
 	return r, true, true
 }
@@ -231,7 +300,7 @@ func (s *Store) Lookup(ctx context.Context, name string) (r Route, ok bool, err 
 		gen := s.known.begin(name)
 		res := s.client.DoCache(ctx, s.client.B().Get().Key(key).Cache(), s.cacheTTL)
 		if res.NonRedisError() == nil && !res.IsCacheHit() {
-			s.markUp(before)
+			s.answered(before)
 		}
 		r, ok, err = decodeGet(res)
 		// A lookup that joins a pending cache entry another caller then
@@ -281,6 +350,6 @@ func (s *Store) Warm(ctx context.Context, names []string) {
 		}
 	}
 	if up {
-		s.markUp(before)
+		s.answered(before)
 	}
 }

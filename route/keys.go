@@ -19,7 +19,11 @@ import (
 //
 // {<name>} is a Redis Cluster hash tag: a user's route and mailbox hash to
 // the same slot, so one script can read the route and write the mailbox
-// atomically. A name that contains '{' or '}' would break the tag (a name
+// atomically. Nothing else needs two keys at once: heartbeats and the
+// secret carry no tag and spread over the slots like the users do, and
+// SweepDeadServers reads routes and heartbeats in separate steps, in an
+// order that makes that safe (sweep.go). On a standalone or
+// sentinel-managed Redis the braces are just part of the key. A name that contains '{' or '}' would break the tag (a name
 // starting with '}' gives an empty tag), so such names are tagged with a
 // hash instead: chat:route:{#<16 hex digits>}<name>.
 //

@@ -33,18 +33,18 @@ type ServerInfo struct {
 
 // heartbeatScript renews KEYS[1] only while it belongs to epoch ARGV[1] or
 // is gone: 1 renewed, 0 another epoch owns it.
-var heartbeatScript = rueidis.NewLuaScript(`local v = redis.call("GET", KEYS[1])
+var heartbeatScript = newScript(`local v = redis.call("GET", KEYS[1])
 if v and string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. " " then return 0 end
 redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3])
 return 1`)
 
 // takeoverScript replaces KEYS[1] only if it still holds ARGV[1].
-var takeoverScript = rueidis.NewLuaScript(`if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
+var takeoverScript = newScript(`if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3])
 return 1`)
 
 // releaseIDScript deletes KEYS[1] only while it belongs to epoch ARGV[1].
-var releaseIDScript = rueidis.NewLuaScript(`local v = redis.call("GET", KEYS[1])
+var releaseIDScript = newScript(`local v = redis.call("GET", KEYS[1])
 if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. " " then return redis.call("DEL", KEYS[1]) end
 return 0`)
 
@@ -111,7 +111,7 @@ func (s *Store) AcquireID(ctx context.Context, serverID, epoch, peerAddr string,
 			return fmt.Errorf("%w: %q renews its heartbeat (peer address %s); give this server another -id", ErrIDInUse, serverID, addr)
 		}
 		cctx, cancel = s.withTimeout(ctx)
-		n, err := takeoverScript.Exec(cctx, s.client, []string{key}, []string{first, mine, strconv.FormatInt(ttl.Milliseconds(), 10)}).AsInt64()
+		n, err := takeoverScript.exec(cctx, s.client, []string{key}, []string{first, mine, strconv.FormatInt(ttl.Milliseconds(), 10)}).AsInt64()
 		cancel()
 		if err != nil {
 			return fmt.Errorf("route: acquire id %q: %w", serverID, err)
@@ -136,7 +136,7 @@ func (s *Store) Heartbeat(ctx context.Context, serverID, epoch string, beat uint
 	}
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
-	n, err := heartbeatScript.Exec(ctx, s.client, []string{AliveKey(s.prefix, serverID)},
+	n, err := heartbeatScript.exec(ctx, s.client, []string{AliveKey(s.prefix, serverID)},
 		[]string{epoch, aliveValue(epoch, beat, peerAddr), strconv.FormatInt(ttl.Milliseconds(), 10)}).AsInt64()
 	if err != nil {
 		return fmt.Errorf("route: heartbeat %q: %w", serverID, err)
@@ -152,7 +152,7 @@ func (s *Store) Heartbeat(ctx context.Context, serverID, epoch string, beat uint
 func (s *Store) ReleaseID(ctx context.Context, serverID, epoch string) error {
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
-	if err := releaseIDScript.Exec(ctx, s.client, []string{AliveKey(s.prefix, serverID)}, []string{epoch}).Error(); err != nil {
+	if err := releaseIDScript.exec(ctx, s.client, []string{AliveKey(s.prefix, serverID)}, []string{epoch}).Error(); err != nil {
 		return fmt.Errorf("route: release id %q: %w", serverID, err)
 	}
 	return nil
@@ -220,9 +220,9 @@ func (s *Store) Alive(ctx context.Context, serverID string) (bool, error) {
 	return found, nil
 }
 
-// Ping checks that Redis answers. If ctx has no deadline, Options.Timeout
-// applies. An answer after an outage also re-arms the route table (see
-// CachedLookup).
+// Ping checks that Redis answers (on a cluster, the node rueidis picks).
+// If ctx has no deadline, Options.Timeout applies. An answer after an
+// outage also re-arms the route table (see CachedLookup).
 func (s *Store) Ping(ctx context.Context) error {
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
@@ -230,6 +230,6 @@ func (s *Store) Ping(ctx context.Context) error {
 	if err := s.client.Do(ctx, s.client.B().Ping().Build()).Error(); err != nil {
 		return fmt.Errorf("route: ping: %w", err)
 	}
-	s.markUp(before)
+	s.answered(before)
 	return nil
 }

@@ -81,7 +81,7 @@ type StoreResult struct {
 // ttl ms, cutoff ms, requeue ("1"). Returns {0, expired, route} stored,
 // {1, route} online, {2, expired} full; route is the route the store found
 // and counted as offline ("" when none).
-var storeScript = rueidis.NewLuaScript(`
+var storeScript = newScript(`
 local requeue = ARGV[6] == "1"
 local expired = 0
 local r = redis.call("GET", KEYS[1])
@@ -104,7 +104,7 @@ return {0, expired, r or ""}`)
 
 // readScript: KEYS mbox; ARGV n, cutoff ms. Trims expired entries at the
 // head, then returns {expired, entry...} (at most n entries).
-var readScript = rueidis.NewLuaScript(`
+var readScript = newScript(`
 local cutoff = tonumber(ARGV[2])
 local expired = 0
 while expired < ` + strconv.Itoa(maxTrim) + ` do
@@ -121,14 +121,14 @@ return out`)
 
 // removeScript: KEYS mbox; ARGV n, first entry. Removes the first n
 // entries only if the head is still the entry the drain read first.
-var removeScript = rueidis.NewLuaScript(`
+var removeScript = newScript(`
 if redis.call("LINDEX", KEYS[1], 0) ~= ARGV[2] then return 0 end
 redis.call("LTRIM", KEYS[1], tonumber(ARGV[1]), -1)
 return 1`)
 
 // sweepScript: KEYS route, mbox; ARGV cutoff ms. Trims expired entries of
 // an offline user's mailbox; -1 when the user is online.
-var sweepScript = rueidis.NewLuaScript(`
+var sweepScript = newScript(`
 if redis.call("EXISTS", KEYS[1]) == 1 then return -1 end
 local cutoff = tonumber(ARGV[1])
 local expired = 0
@@ -169,9 +169,12 @@ func parseEntry(v string) (MailEntry, error) {
 // StoreChats stores each chat in its recipient's mailbox in one pipelined
 // round trip (Options.Timeout when ctx has no deadline), in order: two
 // chats for one user are stored in the order given. max is the mailbox
-// bound (ignored by requeues) and ttl the retention. A transport error
-// fails the whole batch (err, and every result carries it); a per-chat
-// Redis error only that chat's result.
+// bound (ignored by requeues) and ttl the retention. Each chat goes to the
+// master of its recipient's slot, so a node that cannot be reached (or a
+// transport error) fails only the chats it serves: their results carry
+// the error, which may or may not have been applied, and err is the first
+// such error; the other results stand. A per-chat Redis error fails only
+// that chat's result.
 func (s *Store) StoreChats(ctx context.Context, reqs []StoreReq, max int, ttl time.Duration) ([]StoreResult, error) {
 	out := make([]StoreResult, len(reqs))
 	if len(reqs) == 0 {
@@ -195,14 +198,14 @@ func (s *Store) StoreChats(ctx context.Context, reqs []StoreReq, max int, ttl ti
 	}
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
-	var fatal error
-	for i, res := range storeScript.ExecMulti(ctx, s.client, execs...) {
+	var firstErr error
+	for i, res := range storeScript.execMulti(ctx, s.client, execs, false) {
 		if err := res.NonRedisError(); err != nil {
-			fatal = fmt.Errorf("route: store chats: %w", err)
-			for j := range out {
-				out[j].Err = fatal
+			out[i].Err = fmt.Errorf("route: store chat for %q: %w", reqs[i].Name, err)
+			if firstErr == nil {
+				firstErr = fmt.Errorf("route: store chats: %w", err)
 			}
-			return out, fatal
+			continue
 		}
 		arr, err := res.ToArray()
 		if err != nil || len(arr) < 2 {
@@ -231,7 +234,7 @@ func (s *Store) StoreChats(ctx context.Context, reqs []StoreReq, max int, ttl ti
 			}
 		}
 	}
-	return out, nil
+	return out, firstErr
 }
 
 // ReadMailbox returns up to n of name's stored chats, oldest first, after
@@ -242,7 +245,7 @@ func (s *Store) ReadMailbox(ctx context.Context, name string, n int, ttl time.Du
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
 	cutoff := strconv.FormatInt(time.Now().Add(-ttl).UnixMilli(), 10)
-	arr, err := readScript.Exec(ctx, s.client, []string{MailboxKey(s.prefix, name)}, []string{strconv.Itoa(n), cutoff}).ToArray()
+	arr, err := readScript.exec(ctx, s.client, []string{MailboxKey(s.prefix, name)}, []string{strconv.Itoa(n), cutoff}).ToArray()
 	if err != nil {
 		return nil, 0, fmt.Errorf("route: read mailbox %q: %w", name, err)
 	}
@@ -274,7 +277,7 @@ func (s *Store) RemoveMailbox(ctx context.Context, name string, read []MailEntry
 	}
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
-	n, err := removeScript.Exec(ctx, s.client, []string{MailboxKey(s.prefix, name)}, []string{strconv.Itoa(len(read)), read[0].raw}).AsInt64()
+	n, err := removeScript.exec(ctx, s.client, []string{MailboxKey(s.prefix, name)}, []string{strconv.Itoa(len(read)), read[0].raw}).AsInt64()
 	if err != nil {
 		return false, fmt.Errorf("route: remove from mailbox %q: %w", name, err)
 	}
@@ -313,7 +316,7 @@ func (s *Store) SweepMailboxes(ctx context.Context, ttl time.Duration) (int, err
 		}
 		bctx, cancel := s.withTimeout(ctx)
 		defer cancel()
-		for _, res := range sweepScript.ExecMulti(bctx, s.client, execs...) {
+		for _, res := range sweepScript.execMulti(bctx, s.client, execs, true) {
 			if err := res.NonRedisError(); err != nil {
 				return fmt.Errorf("route: sweep mailboxes: %w", err)
 			}

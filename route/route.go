@@ -8,9 +8,14 @@ package route
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"math/bits"
+	"net"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -87,9 +92,13 @@ func validField(s string) bool {
 
 // Options configures a Store. Every zero field means the default stated on it.
 type Options struct {
-	// Addrs are the Redis addresses; nil means ["127.0.0.1:6379"]. One address
-	// is a standalone Redis. Several are handed to rueidis' topology detection
-	// (Redis Cluster), which needs a reachable node when New is called.
+	// Addrs are the Redis addresses; nil means ["127.0.0.1:6379"].
+	//   - One address: a standalone Redis, or one node of a Redis Cluster
+	//     (detected; if the node cannot be reached when New is called, it is
+	//     taken for a standalone Redis and dialled on use).
+	//   - Several: nodes of a Redis Cluster (rueidis discovers the rest),
+	//     which needs one of them reachable when New is called.
+	//   - With SentinelMaster set: the sentinels' addresses.
 	Addrs []string
 	// Prefix is prepended to every key; "" means DefaultPrefix ("chat:").
 	Prefix string
@@ -97,11 +106,20 @@ type Options struct {
 	// cache; 0 means DefaultCacheTTL (1 minute). A key with a shorter Redis
 	// TTL is cached only for what remains of it. Must not be negative.
 	CacheTTL time.Duration
-	// Timeout bounds each blocking method when its ctx has no deadline, and
-	// each connection attempt; 0 means DefaultTimeout (2s). Must not be
-	// negative. ReleaseAll and ClearServer apply it per round trip (per batch
-	// or SCAN page), not to the whole call.
+	// Timeout bounds each blocking method when its ctx has no deadline; 0
+	// means DefaultTimeout (2s). Must not be negative. ReleaseAll,
+	// Reassert, ClearServer and the scans apply it to each round trip (per
+	// batch or SCAN page), whatever ctx's deadline, not to the whole call.
 	Timeout time.Duration
+	// ConnTimeout bounds each connection attempt (dial, TLS and handshake)
+	// and how long a connection may leave a request unanswered: a
+	// connection that gets no reply, not even to the PING sent after
+	// ConnTimeout/2 of silence, is dropped after about 1.5×ConnTimeout,
+	// and on a cluster the slot map is refreshed. So a frozen node (a hung
+	// host) is abandoned soon after the cluster fails it over; keep it at
+	// or below cluster-node-timeout. 0 means DefaultConnTimeout (1s). Must
+	// not be negative.
+	ConnTimeout time.Duration
 	// DisableCache turns client-side caching off: CachedLookup always misses
 	// and Lookup and Alive always go to Redis. For tests and benchmarks only.
 	DisableCache bool
@@ -111,7 +129,35 @@ type Options struct {
 	// CacheBytes is rueidis' client-side cache per connection; 0 means
 	// DefaultCacheBytes (8 MiB).
 	CacheBytes int
+	// RetryQueue bounds the route keys waiting to be written again after a
+	// failed attempt (see RetryStats); 0 means DefaultRetryQueue (65536).
+	// Must not be negative.
+	RetryQueue int
+
+	// Username and Password authenticate every connection to Redis (AUTH;
+	// an ACL user when Username is set, else the default user). Empty
+	// means no AUTH.
+	Username, Password string
+	// TLS, when not nil, encrypts every connection to Redis (and to the
+	// sentinels); nil means plain TCP. For a cluster, the nodes must
+	// announce their TLS ports (tls-cluster yes).
+	TLS *tls.Config
+	// SentinelMaster, when set, is the name of the master set the
+	// sentinels at Addrs monitor: the Store talks to that set's master and
+	// follows it through failovers. "" means Addrs are Redis nodes.
+	SentinelMaster string
+	// SentinelUsername and SentinelPassword authenticate to the sentinels;
+	// empty means no AUTH (sentinels often have no password even when the
+	// data nodes do).
+	SentinelUsername, SentinelPassword string
 }
+
+// DefaultConnTimeout is Options.ConnTimeout's zero value.
+const DefaultConnTimeout = time.Second
+
+// sentinelRefresh is how often a sentinel client re-reads the master's
+// address besides following +switch-master events.
+const sentinelRefresh = 2 * time.Second
 
 // Store reads and writes routes and heartbeats in Redis. Its methods are safe
 // for concurrent use. Only CachedLookup may be called on an event loop; every
@@ -122,13 +168,23 @@ type Store struct {
 	cacheTTL time.Duration
 	timeout  time.Duration
 	noCache  bool
+	cluster  bool
 	// state is a generation counter shifted left by one, with bit 0 set while
 	// a connection serving the cache is suspected down. See cacheDown.
 	state atomic.Uint64
 	// known is the in-process route table (cache.go); probing gates the
 	// one probe that looks for Redis coming back during an outage.
-	known   *known
-	probing atomic.Bool
+	known     *known
+	probing   atomic.Bool
+	lastProbe atomic.Int64 // unix ns when the last probe ended
+	// retry holds route writes waiting for a node to come back (retry.go).
+	retry *retryQueue
+	// dead tracks, for SweepDeadServers, since when each server named by
+	// a route has been seen without a heartbeat.
+	deadMu sync.Mutex
+	dead   map[string]time.Time
+
+	closeOnce sync.Once
 }
 
 // New validates o and dials Redis with rueidis, with client-side caching in
@@ -136,23 +192,27 @@ type Store struct {
 //
 // With one address, New does not need Redis to be up: it returns a Store
 // whose calls fail until Redis answers, and reconnects on use (call Ping to
-// check). With several addresses (cluster), an unreachable Redis is an error
-// "route: connect redis: ...". Other errors report bad options.
+// check). With several addresses (cluster) or sentinels, an unreachable
+// Redis is an error "route: connect redis: ...". Other errors report bad
+// options.
 func New(o Options) (*Store, error) {
-	if o.CacheTTL < 0 {
-		return nil, fmt.Errorf("route: negative CacheTTL %v", o.CacheTTL)
+	if o.CacheTTL < 0 || o.Timeout < 0 || o.ConnTimeout < 0 {
+		return nil, fmt.Errorf("route: negative CacheTTL, Timeout or ConnTimeout")
 	}
-	if o.Timeout < 0 {
-		return nil, fmt.Errorf("route: negative Timeout %v", o.Timeout)
-	}
-	if o.KnownSize < 0 || o.CacheBytes < 0 {
-		return nil, fmt.Errorf("route: negative KnownSize or CacheBytes")
+	if o.KnownSize < 0 || o.CacheBytes < 0 || o.RetryQueue < 0 {
+		return nil, fmt.Errorf("route: negative KnownSize, CacheBytes or RetryQueue")
 	}
 	if o.KnownSize == 0 {
 		o.KnownSize = DefaultKnownSize
 	}
 	if o.CacheBytes == 0 {
 		o.CacheBytes = DefaultCacheBytes
+	}
+	if o.ConnTimeout == 0 {
+		o.ConnTimeout = DefaultConnTimeout
+	}
+	if o.RetryQueue == 0 {
+		o.RetryQueue = DefaultRetryQueue
 	}
 	addrs := o.Addrs
 	if len(addrs) == 0 {
@@ -169,6 +229,7 @@ func New(o Options) (*Store, error) {
 		timeout:  o.Timeout,
 		noCache:  o.DisableCache,
 		known:    newKnown(o.KnownSize),
+		dead:     make(map[string]time.Time),
 	}
 	if s.prefix == "" {
 		s.prefix = DefaultPrefix
@@ -180,29 +241,72 @@ func New(o Options) (*Store, error) {
 		s.timeout = DefaultTimeout
 	}
 	opt := rueidis.ClientOption{
-		InitAddress:  append([]string(nil), addrs...),
-		DisableCache: o.DisableCache,
-		// ForceSingleClient skips cluster detection for one address and, unlike
-		// the default, returns a usable client even when the first dial fails.
-		ForceSingleClient: len(addrs) == 1,
+		InitAddress:       append([]string(nil), addrs...),
+		DisableCache:      o.DisableCache,
 		OnInvalidations:   s.onInvalidations,
 		CacheSizeEachConn: o.CacheBytes,
+		Username:          o.Username,
+		Password:          o.Password,
+		TLSConfig:         o.TLS,
+		// A connection that leaves a request unanswered for ConnTimeout
+		// (checked by a PING after ConnTimeout/2 of silence) is dropped;
+		// rueidis' default, 10s, kept a frozen master in use for twice the
+		// time the cluster took to fail it over.
+		ConnWriteTimeout: o.ConnTimeout,
 	}
-	opt.Dialer.Timeout = s.timeout
-	client, err := rueidis.NewClient(opt)
-	if err != nil {
-		if client == nil {
-			return nil, fmt.Errorf("route: connect redis: %w", err)
+	opt.Dialer.Timeout = o.ConnTimeout
+	opt.Dialer.KeepAlive = max(o.ConnTimeout/2, 50*time.Millisecond)
+	if o.SentinelMaster != "" {
+		opt.Sentinel = rueidis.SentinelOption{
+			MasterSet:               o.SentinelMaster,
+			Username:                o.SentinelUsername,
+			Password:                o.SentinelPassword,
+			TLSConfig:               o.TLS,
+			Dialer:                  opt.Dialer,
+			TopologyRefreshInterval: sentinelRefresh,
 		}
-		// ForceSingleClient: Redis is down now; calls reconnect on demand.
-		s.markDown()
+	}
+	client, err := rueidis.NewClient(opt)
+	if _, isReply := rueidis.IsRedisErr(err); err != nil && !isReply && len(addrs) == 1 && o.SentinelMaster == "" {
+		// One address that does not answer now: take it for a standalone
+		// Redis. ForceSingleClient, unlike the default, returns a usable
+		// client even when the first dial fails; calls reconnect on demand.
+		opt.ForceSingleClient = true
+		client, err = rueidis.NewClient(opt)
+		if _, isReply := rueidis.IsRedisErr(err); err != nil && !isReply && client != nil {
+			s.markDown()
+			err = nil
+		}
+	}
+	if err != nil {
+		if client != nil {
+			client.Close()
+		}
+		return nil, fmt.Errorf("route: connect redis: %w", err)
 	}
 	s.client = client
+	s.cluster = client.Mode() == rueidis.ClientModeCluster
+	s.retry = newRetryQueue(s, o.RetryQueue)
+	go s.retry.run()
 	return s, nil
 }
 
-// Close closes the Redis connections. Calls after Close fail.
-func (s *Store) Close() { s.client.Close() }
+// Close gives route writes still waiting to be retried up to
+// Options.Timeout to go through (see RetryStats), then closes the Redis
+// connections. Calls after Close fail; Close may be called again.
+func (s *Store) Close() {
+	s.closeOnce.Do(func() {
+		s.retry.close()
+		s.client.Close()
+	})
+}
+
+// RetryStats returns the retry queue's counters (see retry.go).
+func (s *Store) RetryStats() RetryStats { return s.retry.stats() }
+
+// Mode returns rueidis' topology in use: "cluster", "sentinel" or
+// "standalone".
+func (s *Store) Mode() string { return string(s.client.Mode()) }
 
 // Prefix returns the key prefix in use.
 func (s *Store) Prefix() string { return s.prefix }
@@ -212,6 +316,13 @@ func (s *Store) withTimeout(ctx context.Context) (context.Context, context.Cance
 	if _, ok := ctx.Deadline(); ok {
 		return ctx, func() {}
 	}
+	return context.WithTimeout(ctx, s.timeout)
+}
+
+// roundTrip bounds one round trip of a long call by Options.Timeout (and
+// ctx), so that a node that does not answer costs one timeout, not all of
+// ctx.
+func (s *Store) roundTrip(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, s.timeout)
 }
 
@@ -257,9 +368,13 @@ func (s *Store) Claim(ctx context.Context, name string, r Route) (prev Route, ha
 	if err := r.validate(); err != nil {
 		return Route{}, false, err
 	}
+	key := RouteKey(s.prefix, name)
+	// A re-assertion of an older session of name, waiting in the retry
+	// queue, must not come back after this login ends.
+	s.retry.supersede(key, "")
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
-	v, err := s.client.Do(ctx, s.client.B().Set().Key(RouteKey(s.prefix, name)).Value(r.Encode()).Get().Build()).ToString()
+	v, err := s.client.Do(ctx, s.client.B().Set().Key(key).Value(r.Encode()).Get().Build()).ToString()
 	if err != nil {
 		if rueidis.IsRedisNil(err) {
 			return Route{}, false, nil
@@ -274,211 +389,418 @@ func (s *Store) Claim(ctx context.Context, name string, r Route) (prev Route, ha
 }
 
 // releaseScript deletes KEYS[1] only if it still holds ARGV[1]; returns 0/1.
-var releaseScript = rueidis.NewLuaScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
+var releaseScript = newScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
 
 // clearServerScript deletes KEYS[1] only if its value names server ARGV[1]
 // ("<ARGV[1]> <token>"); returns 0/1.
-var clearServerScript = rueidis.NewLuaScript(`local v = redis.call("GET", KEYS[1])
+var clearServerScript = newScript(`local v = redis.call("GET", KEYS[1])
 if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. " " then return redis.call("DEL", KEYS[1]) end
 return 0`)
 
 // Release deletes name's route only if it still equals r, so an old session
 // logging out never erases a newer login. It reports whether it deleted.
 // If ctx has no deadline, Options.Timeout applies.
+//
+// If Redis cannot take the deletion now (a node is down or failing over),
+// it is queued and retried until done (see RetryStats), and Release
+// returns false with a nil error.
 func (s *Store) Release(ctx context.Context, name string, r Route) (bool, error) {
 	if err := r.validate(); err != nil {
 		return false, err
 	}
+	key, v := RouteKey(s.prefix, name), r.Encode()
+	s.retry.supersede(key, v)
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
-	n, err := releaseScript.Exec(ctx, s.client, []string{RouteKey(s.prefix, name)}, []string{r.Encode()}).AsInt64()
+	n, err := releaseScript.exec(ctx, s.client, []string{key}, []string{v}).AsInt64()
 	if err != nil {
+		if transient(err) && s.retry.addRelease(key, name, v) {
+			return false, nil
+		}
 		return false, fmt.Errorf("route: release %q: %w", name, err)
 	}
 	return n == 1, nil
 }
 
-// ReleaseAll is the batch form of Release, for shutdown: for each name it
-// deletes the route only if it equals the given route. Commands are
-// pipelined in batches of at most 256, with Options.Timeout applied per batch
-// when ctx has no deadline.
+// ReleaseAll is the batch form of Release, for shutdown and for closing
+// sessions in bulk: for each name it deletes the route only if it equals
+// the given route. Commands are pipelined in batches of at most 256, each
+// sent to the master of its key's slot, with Options.Timeout (and ctx)
+// bounding each batch. deleted counts the routes removed now.
 //
-// It goes on past per-entry failures (an invalid route, a Redis error on one
-// key) and returns the first such error with the count; a network error or
-// an expired ctx stops it. deleted counts the routes actually removed.
+// A route that Redis cannot take now (its node is down or failing over)
+// is queued and retried until done, as for Release. err reports only what
+// will not be done: invalid routes, Redis errors that retrying cannot
+// cure, and routes given up because the retry queue is full; it is the
+// first of them, and the rest still went through.
 func (s *Store) ReleaseAll(ctx context.Context, routes map[string]Route) (deleted int, err error) {
+	var firstErr error
+	keep := func(err error) {
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
 	execs := make([]rueidis.LuaExec, 0, min(len(routes), batchSize))
 	names := make([]string, 0, cap(execs))
-	var firstErr error
-	flush := func() error {
+	flush := func() {
 		if len(execs) == 0 {
-			return nil
+			return
 		}
-		n, perr, fatal := s.execBatch(ctx, releaseScript, execs, names, "release all")
-		deleted += n
-		if firstErr == nil {
-			firstErr = perr
+		bctx, cancel := s.roundTrip(ctx)
+		res := releaseScript.execMulti(bctx, s.client, execs, true)
+		cancel()
+		for i, r := range res {
+			n, err := r.AsInt64()
+			key, v := execs[i].Keys[0], execs[i].Args[0]
+			switch {
+			case err == nil:
+				deleted += int(n)
+			case !transient(err):
+				keep(fmt.Errorf("route: release all %q: %w", names[i], err))
+			case !s.retry.addRelease(key, names[i], v):
+				keep(fmt.Errorf("route: release all %q: retry queue full, given up: %w", names[i], err))
+			}
 		}
 		execs, names = execs[:0], names[:0]
-		return fatal
 	}
 	for name, r := range routes {
 		if err := r.validate(); err != nil {
-			if firstErr == nil {
-				firstErr = fmt.Errorf("route: release all %q: %w", name, err)
-			}
+			keep(fmt.Errorf("route: release all %q: %w", name, err))
 			continue
 		}
-		execs = append(execs, rueidis.LuaExec{Keys: []string{RouteKey(s.prefix, name)}, Args: []string{r.Encode()}})
+		key, v := RouteKey(s.prefix, name), r.Encode()
+		s.retry.supersede(key, v)
+		execs = append(execs, rueidis.LuaExec{Keys: []string{key}, Args: []string{v}})
 		names = append(names, name)
 		if len(execs) == batchSize {
-			if err := flush(); err != nil {
-				return deleted, err
-			}
+			flush()
 		}
 	}
-	if err := flush(); err != nil {
-		return deleted, err
-	}
-	return deleted, firstErr
-}
-
-// execBatch runs one pipelined batch of script executions, each returning
-// 0/1, and counts the 1s. perr is the first per-entry Redis error; fatal is a
-// network or context error that should stop the caller. Entries refused with
-// NOSCRIPT (the script cache was flushed, e.g. Redis restarted, between
-// ExecMulti's SCRIPT LOAD and EVALSHA) were not run and are retried once.
-func (s *Store) execBatch(ctx context.Context, script *rueidis.Lua, execs []rueidis.LuaExec, names []string, op string) (n int, perr, fatal error) {
-	ctx, cancel := s.withTimeout(ctx)
-	defer cancel()
-	for round := 0; round < 2 && len(execs) > 0; round++ {
-		var retry []rueidis.LuaExec
-		var retryNames []string
-		for i, res := range script.ExecMulti(ctx, s.client, execs...) {
-			if err := res.NonRedisError(); err != nil {
-				return n, perr, fmt.Errorf("route: %s: %w", op, err)
-			}
-			v, err := res.AsInt64()
-			if err != nil {
-				if re, ok := rueidis.IsRedisErr(err); ok && re.IsNoScript() && round == 0 {
-					retry = append(retry, execs[i])
-					retryNames = append(retryNames, names[i])
-					continue
-				}
-				if perr == nil {
-					perr = fmt.Errorf("route: %s %q: %w", op, names[i], err)
-				}
-				continue
-			}
-			n += int(v)
-		}
-		execs, names = retry, retryNames
-	}
-	return n, perr, nil
-}
-
-// scan calls fn with each page of keys matching pattern on every node (one
-// node for a standalone Redis). SCAN errors come back prefixed, fn's errors
-// unchanged. Options.Timeout applies per page when ctx
-// has no deadline. In a cluster, replicas are scanned too, so a key may be
-// seen more than once.
-func (s *Store) scan(ctx context.Context, pattern string, fn func(keys []string) error) error {
-	for _, node := range s.client.Nodes() {
-		var cursor uint64
-		for {
-			pctx, cancel := s.withTimeout(ctx)
-			e, err := node.Do(pctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(scanCount).Build()).AsScanEntry()
-			cancel()
-			if err != nil {
-				return fmt.Errorf("route: scan %s: %w", pattern, err)
-			}
-			if len(e.Elements) > 0 {
-				if err := fn(e.Elements); err != nil {
-					return err
-				}
-			}
-			if cursor = e.Cursor; cursor == 0 {
-				break
-			}
-		}
-	}
-	return nil
-}
-
-// ClearServer deletes every route whose value names serverID, for a server
-// restarting after a crash. It SCANs prefix+"route:*" and deletes each key
-// with a compare-and-delete script on the server field, so a user who has
-// since logged in elsewhere keeps the newer route. It returns the number
-// deleted; on error, the count so far. Options.Timeout applies per round
-// trip when ctx has no deadline. Keys under the pattern that are not strings
-// are skipped and reported in the error.
-func (s *Store) ClearServer(ctx context.Context, serverID string) (int, error) {
-	if !validField(serverID) {
-		return 0, fmt.Errorf("route: clear server: invalid server ID %q", serverID)
-	}
-	deleted := 0
-	var firstErr error
-	err := s.scan(ctx, RoutePattern(s.prefix), func(keys []string) error {
-		for len(keys) > 0 {
-			chunk := keys[:min(len(keys), batchSize)]
-			keys = keys[len(chunk):]
-			execs := make([]rueidis.LuaExec, len(chunk))
-			for i, k := range chunk {
-				execs[i] = rueidis.LuaExec{Keys: []string{k}, Args: []string{serverID}}
-			}
-			n, perr, fatal := s.execBatch(ctx, clearServerScript, execs, chunk, "clear server")
-			deleted += n
-			if firstErr == nil {
-				firstErr = perr
-			}
-			if fatal != nil {
-				return fatal
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return deleted, err
-	}
+	flush()
 	return deleted, firstErr
 }
 
 // Reassert writes each given route only where its name has none
 // (SET NX), to restore the routes of live sessions after Redis lost them
-// (a restart without persistence); a name that has a route, e.g. a newer
-// login elsewhere, is left alone. It returns how many it wrote. Commands
-// are pipelined in batches of 256, with Options.Timeout per batch when ctx
-// has no deadline.
+// (a restart without persistence, or a failover that lost recent writes);
+// a name that has a route, e.g. a newer login elsewhere, is left alone.
+// It returns how many it wrote now. Commands are pipelined in batches of
+// 256, with Options.Timeout (and ctx) bounding each batch, so a node that
+// is down delays the call by one timeout, not by all of ctx.
+//
+// A route Redis cannot take now is queued and retried until done, after
+// any release of the same name queued before it (see RetryStats); a
+// later Claim or Release of that name cancels it. err reports only what
+// will not be done, as for ReleaseAll.
 func (s *Store) Reassert(ctx context.Context, routes map[string]Route) (written int, err error) {
+	var firstErr error
+	keep := func(err error) {
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
 	cmds := make(rueidis.Commands, 0, min(len(routes), batchSize))
-	flush := func() error {
+	names := make([]string, 0, cap(cmds))
+	vals := make([]string, 0, cap(cmds))
+	flush := func() {
 		if len(cmds) == 0 {
-			return nil
+			return
 		}
-		bctx, cancel := s.withTimeout(ctx)
-		defer cancel()
-		for _, res := range s.client.DoMulti(bctx, cmds...) {
-			if err := res.Error(); err != nil {
-				if rueidis.IsRedisNil(err) {
-					continue // NX: the name already had a route
-				}
-				return fmt.Errorf("route: reassert: %w", err)
+		bctx, cancel := s.roundTrip(ctx)
+		res := s.client.DoMulti(bctx, cmds...)
+		cancel()
+		for i, r := range res {
+			err := r.Error()
+			switch {
+			case err == nil:
+				written++
+			case rueidis.IsRedisNil(err):
+				// NX: the name already had a route
+			case !transient(err):
+				keep(fmt.Errorf("route: reassert %q: %w", names[i], err))
+			case !s.retry.addReassert(RouteKey(s.prefix, names[i]), names[i], vals[i]):
+				keep(fmt.Errorf("route: reassert %q: retry queue full, given up: %w", names[i], err))
 			}
-			written++
 		}
-		cmds = cmds[:0]
-		return nil
+		cmds, names, vals = cmds[:0], names[:0], vals[:0]
 	}
 	for name, r := range routes {
 		if r.validate() != nil {
 			continue
 		}
-		cmds = append(cmds, s.client.B().Set().Key(RouteKey(s.prefix, name)).Value(r.Encode()).Nx().Build())
+		key, v := RouteKey(s.prefix, name), r.Encode()
+		if s.retry.pending(key) {
+			// A release of this name is waiting: the re-assertion must run
+			// after it, so it joins it in the queue.
+			if !s.retry.addReassert(key, name, v) {
+				keep(fmt.Errorf("route: reassert %q: retry queue full, given up", name))
+			}
+			continue
+		}
+		cmds = append(cmds, s.client.B().Set().Key(key).Value(v).Nx().Build().ToRetryable())
+		names, vals = append(names, name), append(vals, v)
 		if len(cmds) == batchSize {
-			if err := flush(); err != nil {
-				return written, err
+			flush()
+		}
+	}
+	flush()
+	return written, firstErr
+}
+
+// clearRetryDelay is the pause between ClearServer's rounds while part of
+// the cluster is unreachable.
+const clearRetryDelay = 200 * time.Millisecond
+
+// ClearServer deletes every route whose value names serverID, for a server
+// restarting after a crash, before it takes logins. It SCANs
+// prefix+"route:*" on each master and deletes each key with a
+// compare-and-delete script on the server field, so a user who has since
+// logged in elsewhere keeps the newer route. Options.Timeout bounds each
+// round trip.
+//
+// On a cluster, a master that cannot be reached (or a key it cannot take)
+// is tried again every 200ms, following the slots to whichever node serves
+// them after a failover, until every slot was cleared or ctx expires; give
+// ctx a deadline longer than a failover. It returns the number deleted
+// and, if it ran out of time, an error saying how many slots were left.
+// Keys under the pattern that are not strings are skipped and reported
+// in the error.
+//
+// It must not run while serverID takes logins: its retries are not
+// compare-and-delete on a token, and would delete the routes of new
+// sessions.
+func (s *Store) ClearServer(ctx context.Context, serverID string) (int, error) {
+	if !validField(serverID) {
+		return 0, fmt.Errorf("route: clear server: invalid server ID %q", serverID)
+	}
+	deleted := 0
+	var badType error
+	var done slotSet
+	var lastErr error
+	for {
+		nodes, err := s.masters(ctx)
+		if err != nil {
+			lastErr = err
+		}
+		for _, n := range nodes {
+			if done.covers(n.slots) {
+				continue
+			}
+			var failed []string
+			err := s.scanNode(ctx, n.client, RoutePattern(s.prefix), func(keys []string) error {
+				for len(keys) > 0 {
+					chunk := keys[:min(len(keys), batchSize)]
+					keys = keys[len(chunk):]
+					execs := make([]rueidis.LuaExec, len(chunk))
+					for i, k := range chunk {
+						execs[i] = rueidis.LuaExec{Keys: []string{k}, Args: []string{serverID}}
+					}
+					bctx, cancel := s.roundTrip(ctx)
+					res := clearServerScript.execMulti(bctx, s.client, execs, true)
+					cancel()
+					for i, r := range res {
+						v, err := r.AsInt64()
+						switch {
+						case err == nil:
+							deleted += int(v)
+						case transient(err):
+							failed = append(failed, chunk[i])
+						case badType == nil:
+							badType = fmt.Errorf("route: clear server %q: key %q: %w", serverID, chunk[i], err)
+						}
+					}
+				}
+				return nil
+			})
+			if err == nil && len(failed) > 0 {
+				err = fmt.Errorf("%d keys not cleared", len(failed))
+			}
+			if err != nil {
+				lastErr = fmt.Errorf("node %s: %w", n.addr, err)
+				continue
+			}
+			done.add(n.slots)
+		}
+		if done.full() {
+			return deleted, badType
+		}
+		select {
+		case <-ctx.Done():
+			return deleted, fmt.Errorf("route: clear server %q: %d of 16384 slots not cleared: %w", serverID, 16384-done.count(), lastErr)
+		case <-time.After(clearRetryDelay):
+		}
+	}
+}
+
+// scan calls fn with each page of keys matching pattern on every master
+// (the one node of a standalone or sentinel-managed Redis): replicas are
+// never asked, so a dead replica does not fail a scan and each key is seen
+// once (unless a slot migrates or fails over during the scan). SCAN errors
+// come back prefixed, fn's errors unchanged. Options.Timeout bounds each
+// page.
+func (s *Store) scan(ctx context.Context, pattern string, fn func(keys []string) error) error {
+	nodes, err := s.masters(ctx)
+	if err != nil {
+		return fmt.Errorf("route: scan %s: %w", pattern, err)
+	}
+	var covered slotSet
+	for _, n := range nodes {
+		if err := s.scanNode(ctx, n.client, pattern, fn); err != nil {
+			return err
+		}
+		covered.add(n.slots)
+	}
+	if !covered.full() {
+		return fmt.Errorf("route: scan %s: %d of 16384 slots have no master", pattern, 16384-covered.count())
+	}
+	return nil
+}
+
+// scanNode is scan on one node.
+func (s *Store) scanNode(ctx context.Context, node rueidis.Client, pattern string, fn func(keys []string) error) error {
+	var cursor uint64
+	for {
+		pctx, cancel := s.roundTrip(ctx)
+		e, err := node.Do(pctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(scanCount).Build()).AsScanEntry()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("route: scan %s: %w", pattern, err)
+		}
+		if len(e.Elements) > 0 {
+			if err := fn(e.Elements); err != nil {
+				return err
+			}
+		}
+		if cursor = e.Cursor; cursor == 0 {
+			return nil
+		}
+	}
+}
+
+// master is one node serving slots, with a client bound to it.
+type master struct {
+	addr   string
+	client rueidis.Client
+	slots  []slotRange
+}
+
+type slotRange struct{ lo, hi int }
+
+// allSlots is the one range a standalone or sentinel-managed Redis serves.
+var allSlots = []slotRange{{0, 16383}}
+
+// masters returns the nodes serving slots. For a cluster it asks CLUSTER
+// SLOTS of the nodes rueidis knows until one answers, and binds each
+// master named there to rueidis' connection to it; a master rueidis does
+// not know yet is left out (its slots stay uncovered) and an error says
+// so, along with the nodes that are returned.
+func (s *Store) masters(ctx context.Context) ([]master, error) {
+	nodes := s.client.Nodes()
+	if !s.cluster {
+		for addr, c := range nodes {
+			return []master{{addr: addr, client: c, slots: allSlots}}, nil
+		}
+		return nil, errors.New("no Redis node")
+	}
+	reply, err := s.clusterSlots(ctx, nodes)
+	if err != nil {
+		return nil, err
+	}
+	byAddr := make(map[string]*master)
+	var order []string
+	var missing []string
+	for _, e := range reply {
+		f, err := e.ToArray()
+		if err != nil || len(f) < 3 {
+			continue
+		}
+		lo, err1 := f[0].AsInt64()
+		hi, err2 := f[1].AsInt64()
+		node, err3 := f[2].ToArray()
+		if err1 != nil || err2 != nil || err3 != nil || len(node) < 2 {
+			continue
+		}
+		host, _ := node[0].ToString()
+		port, _ := node[1].AsInt64()
+		addr := net.JoinHostPort(host, strconv.FormatInt(port, 10))
+		m := byAddr[addr]
+		if m == nil {
+			c, ok := nodes[addr]
+			if !ok {
+				missing = append(missing, addr)
+				continue
+			}
+			m = &master{addr: addr, client: c}
+			byAddr[addr] = m
+			order = append(order, addr)
+		}
+		m.slots = append(m.slots, slotRange{int(lo), int(hi)})
+	}
+	out := make([]master, 0, len(order))
+	for _, a := range order {
+		out = append(out, *byAddr[a])
+	}
+	if len(missing) > 0 {
+		return out, fmt.Errorf("masters %v not connected yet", missing)
+	}
+	return out, nil
+}
+
+// clusterSlots asks every node for CLUSTER SLOTS at once and returns the
+// first answer, so that nodes that are down cost nothing while one is up.
+func (s *Store) clusterSlots(ctx context.Context, nodes map[string]rueidis.Client) ([]rueidis.RedisMessage, error) {
+	qctx, cancel := s.roundTrip(ctx)
+	defer cancel()
+	type answer struct {
+		reply []rueidis.RedisMessage
+		err   error
+	}
+	ch := make(chan answer, len(nodes))
+	for _, c := range nodes {
+		go func() {
+			r, err := c.Do(qctx, c.B().ClusterSlots().Build()).ToArray()
+			ch <- answer{r, err}
+		}()
+	}
+	var lastErr error = errors.New("no node known")
+	for range nodes {
+		a := <-ch
+		if a.err == nil {
+			return a.reply, nil
+		}
+		lastErr = a.err
+	}
+	return nil, fmt.Errorf("cluster slots: %w", lastErr)
+}
+
+// slotSet is a set of cluster slots.
+type slotSet [16384 / 64]uint64
+
+func (ss *slotSet) add(rs []slotRange) {
+	for _, r := range rs {
+		for i := max(r.lo, 0); i <= min(r.hi, 16383); i++ {
+			ss[i/64] |= 1 << (i % 64)
+		}
+	}
+}
+
+func (ss *slotSet) covers(rs []slotRange) bool {
+	for _, r := range rs {
+		for i := max(r.lo, 0); i <= min(r.hi, 16383); i++ {
+			if ss[i/64]&(1<<(i%64)) == 0 {
+				return false
 			}
 		}
 	}
-	return written, flush()
+	return true
 }
+
+func (ss *slotSet) count() int {
+	n := 0
+	for _, w := range ss {
+		n += bits.OnesCount64(w)
+	}
+	return n
+}
+
+func (ss *slotSet) full() bool { return ss.count() == 16384 }

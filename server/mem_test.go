@@ -137,3 +137,7 @@ func (r *memRouter) RemoveMailbox(_ context.Context, name string, read []route.M
 	return true, nil
 }
 func (r *memRouter) SweepMailboxes(context.Context, time.Duration) (int, error) { return 0, nil }
+func (r *memRouter) SweepDeadServers(context.Context, time.Duration) (int, error) {
+	return 0, nil
+}
+func (r *memRouter) RetryStats() route.RetryStats { return route.RetryStats{} }

@@ -35,6 +35,7 @@ func (s *Server) RegisterMetrics(reg *metrics.Registry) error {
 		}
 		descs = append(descs, d)
 	}
+	descs = append(descs, retryDescs...)
 	return reg.Register(descs, func(e *metrics.Emitter) {
 		e.Emit(metrics.ConnectionsName, float64(st.Connections.Load()))
 		e.Emit(metrics.SessionsName, float64(st.Sessions.Load()))
@@ -53,6 +54,13 @@ func (s *Server) RegisterMetrics(reg *metrics.Registry) error {
 			e.Emit(metrics.StreamResentName, float64(ss.Resent), dst)
 		}
 		e.Emit(metrics.MailboxDroppedName, float64(st.MailboxExpired.Load()), "ttl")
+		rs := s.opt.Router.RetryStats()
+		e.Emit(retryDescs[0].Name, float64(rs.Pending))
+		e.Emit(retryDescs[1].Name, float64(rs.Queued))
+		e.Emit(retryDescs[2].Name, float64(rs.Retries))
+		e.Emit(retryDescs[3].Name, float64(rs.Recovered))
+		e.Emit(retryDescs[4].Name, float64(rs.GivenUp))
+		e.Emit(retryDescs[5].Name, float64(rs.Failed))
 		e.Emit(metrics.RedisErrorsName, float64(st.RedisErrors.Load()))
 		e.Emit(metrics.SlowConsumersName, float64(st.SlowConsumers.Load()))
 		e.Emit(metrics.KicksName, float64(st.Kicks.Load()))
@@ -68,4 +76,15 @@ func (s *Server) RegisterMetrics(reg *metrics.Registry) error {
 			e.Emit(name, float64(c.v.Load()))
 		}
 	})
+}
+
+// retryDescs are the series of the route retry queue (route.RetryStats),
+// in the order RegisterMetrics emits them.
+var retryDescs = []metrics.Desc{
+	{Name: "relaychat_redis_retry_pending", Kind: metrics.Gauge, Help: "Route writes (releases, re-assertions) waiting to be retried after a Redis error."},
+	{Name: "relaychat_redis_retry_queued_total", Kind: metrics.Counter, Help: "Route writes handed to the retry queue after a failed attempt."},
+	{Name: "relaychat_redis_retries_total", Kind: metrics.Counter, Help: "Attempts the retry queue made (each may cover many routes)."},
+	{Name: "relaychat_redis_retry_recovered_total", Kind: metrics.Counter, Help: "Route writes the retry queue completed."},
+	{Name: "relaychat_redis_retry_given_up_total", Kind: metrics.Counter, Help: "Route writes given up (queue full, or shutdown out of time): left for the next start or the dead-server sweep."},
+	{Name: "relaychat_redis_retry_failed_total", Kind: metrics.Counter, Help: "Route writes dropped on a Redis error retrying cannot cure."},
 }

@@ -43,6 +43,13 @@ type Router interface {
 	ReadMailbox(ctx context.Context, name string, n int, ttl time.Duration) ([]route.MailEntry, int, error)
 	RemoveMailbox(ctx context.Context, name string, read []route.MailEntry) (bool, error)
 	SweepMailboxes(ctx context.Context, ttl time.Duration) (int, error)
+	// SweepDeadServers deletes routes naming servers whose heartbeat has
+	// been gone for grace (a server killed for good leaves no stale
+	// routes behind it).
+	SweepDeadServers(ctx context.Context, grace time.Duration) (int, error)
+	// RetryStats reports the queue of route writes retried after Redis
+	// errors.
+	RetryStats() route.RetryStats
 }
 
 var _ Router = (*route.Store)(nil)
@@ -167,6 +174,11 @@ type Options struct {
 	// Heartbeat is how often the server announces itself in Redis; 0 means 1s.
 	// The announcement lives for three periods.
 	Heartbeat time.Duration
+	// DeadServerGrace is how long a server's heartbeat must stay gone before
+	// the live server with the smallest id deletes the routes naming it;
+	// 0 means max(2m, 40 heartbeats). Routes are looked at every
+	// min(30s, grace/4).
+	DeadServerGrace time.Duration
 	// DrainTimeout bounds each step of Shutdown that waits for chats to be
 	// settled (acknowledged streams, flushed sessions); 0 means 2s.
 	DrainTimeout time.Duration
@@ -254,8 +266,9 @@ func (o *Options) setDefaults() error {
 	defDur(&o.PingInterval, time.Second)
 	defDur(&o.Heartbeat, time.Second)
 	defDur(&o.DrainTimeout, 2*time.Second)
-	if o.MaxConns < 0 || o.IdleTimeout < 0 || o.RateLimit < 0 || o.RateBurst < 0 || o.MailboxTTL < 0 || o.MaxHoldAge < 0 {
-		return errors.New("server: max-conns, idle-timeout, rate-limit, rate-burst, mailbox-ttl and hold-age must not be negative")
+	defDur(&o.DeadServerGrace, max(2*time.Minute, 40*o.Heartbeat))
+	if o.MaxConns < 0 || o.IdleTimeout < 0 || o.RateLimit < 0 || o.RateBurst < 0 || o.MailboxTTL < 0 || o.MaxHoldAge < 0 || o.DeadServerGrace < 0 {
+		return errors.New("server: max-conns, idle-timeout, rate-limit, rate-burst, mailbox-ttl, hold-age and dead-server-grace must not be negative")
 	}
 	if o.RateBurst == 0 {
 		o.RateBurst = max(1, int(o.RateLimit))

@@ -233,7 +233,8 @@ func (s *Server) Start() error {
 		s.log.Info(l.kind+" listener ready", "addr", l.bound)
 	}
 
-	s.bg.Add(7)
+	s.bg.Add(8)
+	go s.sweepDeadRoutes()
 	go s.redis.run(s.stop)
 	go s.releaseWorker()
 	go s.heartbeat()
@@ -634,6 +635,56 @@ func (s *Server) sweepMailboxes() {
 			}
 		}
 	}
+}
+
+// sweepDeadRoutes deletes, now and then, the routes of servers whose
+// heartbeat stayed gone for DeadServerGrace: a server killed and
+// never restarted must not leave its users looking online for ever. The
+// live server with the smallest id sweeps (a scan of every route is not
+// work to do N times over); the grace is long enough that a server
+// restarting, or cut from Redis for a while, clears or re-asserts its own
+// routes first.
+func (s *Server) sweepDeadRoutes() {
+	defer s.bg.Done()
+	grace := s.opt.DeadServerGrace
+	t := time.NewTicker(max(min(30*time.Second, grace/4), 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			if !s.firstLiveServer(ctx) {
+				cancel()
+				continue
+			}
+			n, err := s.opt.Router.SweepDeadServers(ctx, grace)
+			cancel()
+			if n > 0 {
+				s.stats.RoutesSwept.Add(int64(n))
+				s.log.Warn("deleted routes of servers whose heartbeat stayed gone", "routes", n, "grace", grace)
+			}
+			if err != nil {
+				s.log.Warn("dead-server route sweep failed", "err", err)
+			}
+		}
+	}
+}
+
+// firstLiveServer reports whether this server has the smallest id of the
+// servers with a heartbeat (false when Redis does not answer).
+func (s *Server) firstLiveServer(ctx context.Context) bool {
+	live, err := s.opt.Router.Servers(ctx)
+	if err != nil {
+		return false
+	}
+	for id := range live {
+		if id < s.opt.ID {
+			return false
+		}
+	}
+	return true
 }
 
 // reassert writes back the routes of this server's sessions where Redis

@@ -771,3 +771,50 @@ func TestProxyDiscovery(t *testing.T) {
 	a.Send(t, `{"cmd":"chat","recv":"b","content":"found you"}`)
 	b.Expect(t, wait, map[string]any{"cmd": "chat", "content": "found you", "send": "a"})
 }
+
+// TestDeadServerRoutesSwept: routes naming a server whose heartbeat stayed
+// gone past -dead-server-grace are deleted by the live server with the
+// smallest id; routes of live servers stay.
+func TestDeadServerRoutesSwept(t *testing.T) {
+	const grace = 300 * time.Millisecond
+	c := startCluster(t, 2, false, func(o *server.Options) { o.DeadServerGrace = grace })
+	c.login(t, 0, "alice")
+	c.login(t, 1, "bob")
+	ctx := context.Background()
+	// s0 never had a heartbeat: it sorts before s1 and s2, so the test also
+	// shows that a dead id does not stop the first live one from sweeping.
+	for _, name := range []string{"ghost1", "ghost2"} {
+		if _, _, err := c.stores[0].Claim(ctx, name, route.Route{Server: "s0", Token: "t-" + name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	deadline := start.Add(wait)
+	for {
+		_, ok1, err1 := c.stores[0].FreshLookup(ctx, "ghost1")
+		_, ok2, err2 := c.stores[0].FreshLookup(ctx, "ghost2")
+		if err1 != nil || err2 != nil {
+			t.Fatal(err1, err2)
+		}
+		if !ok1 && !ok2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("routes of the dead server still there after %v (grace %v)", wait, grace)
+		}
+		time.Sleep(20 * time.Millisecond) // poll interval
+	}
+	took := time.Since(start)
+	if took < grace {
+		t.Fatalf("routes deleted after %v, before the grace of %v", took, grace)
+	}
+	if s1, s2 := c.servers[0].Stats().RoutesSwept.Load(), c.servers[1].Stats().RoutesSwept.Load(); s1 != 2 || s2 != 0 {
+		t.Fatalf("routes swept by s1 %d, by s2 %d; want 2 by s1 (the smallest live id) only", s1, s2)
+	}
+	for _, name := range []string{"alice", "bob"} {
+		if _, ok, err := c.stores[0].FreshLookup(ctx, name); err != nil || !ok {
+			t.Fatalf("route of live user %s: ok=%v err=%v", name, ok, err)
+		}
+	}
+	t.Logf("2 routes of a server without heartbeat deleted %v after they were written (grace %v)", took.Round(time.Millisecond), grace)
+}

@@ -50,6 +50,7 @@ type Stats struct {
 	PeerRefused      atomic.Int64 // peer connections refused at MaxPeerPending
 	AuthFailures     atomic.Int64 // logins refused for a missing, invalid or expired token
 	ReleaseOverflow  atomic.Int64 // route deletions not queued (queue full); cleared at the next start
+	RoutesSwept      atomic.Int64 // routes of dead servers deleted by the sweep
 	Refused          atomic.Int64 // connections refused at MaxConns
 	IdleClosed       atomic.Int64 // connections closed by IdleTimeout
 	RateLimited      atomic.Int64 // requests refused by RateLimit
@@ -149,6 +150,7 @@ func (s *Stats) counters() []counter {
 		{"peer_refused", "Peer connections refused: too many had not finished their hello.", false, &s.PeerRefused},
 		{"auth_failures", "Logins refused for a missing, invalid or expired token.", false, &s.AuthFailures},
 		{"release_overflow", "Route deletions not queued (queue full); cleared at the next start.", false, &s.ReleaseOverflow},
+		{"routes_swept", "Routes of servers whose heartbeat stayed gone, deleted by the sweep.", false, &s.RoutesSwept},
 		{"refused", "Connections refused at the connection cap.", false, &s.Refused},
 		{"idle_closed", "Connections closed by -idle-timeout.", false, &s.IdleClosed},
 		{"rate_limited", "Requests refused by -rate-limit.", false, &s.RateLimited},

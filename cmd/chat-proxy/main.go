@@ -23,11 +23,10 @@ func main() {
 		fmt.Fprintf(fs.Output(), "Usage: %s [flags]\n\nRuns the forwarding proxy: links to every message server's peer port and\nrelays chats between them.\n\nFlags:\n", prog)
 		fs.PrintDefaults()
 	}
+	redisFlags := cli.AddRedisFlags(fs) // for discovery when -servers is empty, and the secret
 	var (
 		id         = fs.String("id", "proxy1", "proxy id, sent in link hellos")
 		servers    = fs.String("servers", "", "static list id=host:port,... of server peer addresses; empty = discover servers through Redis heartbeats")
-		redisAddr  = fs.String("redis", route.DefaultAddr, "Redis address (or comma list): the cluster secret, and discovery when -servers is empty")
-		prefix     = fs.String("redis-prefix", route.DefaultPrefix, "prefix of every Redis key")
 		multicore  = fs.Bool("multicore", false, "one event loop per CPU core (default one loop)")
 		loops      = fs.Int("loops", 0, "number of event loops; 0 = decided by -multicore")
 		secret     = fs.String("peer-secret", "", "secret every link must prove it knows (also $RELAYCHAT_PEER_SECRET); default: the cluster secret kept in Redis")
@@ -59,7 +58,12 @@ func main() {
 	}
 	var store *route.Store
 	if len(static) == 0 || *secret == "" {
-		store, err = route.New(route.Options{Addrs: cli.SplitList(*redisAddr), Prefix: *prefix, DisableCache: true})
+		ro, err := redisFlags.Options(nil)
+		if err != nil {
+			cli.Fatal(prog, err, 2)
+		}
+		ro.DisableCache = true
+		store, err = route.New(ro)
 		if err != nil {
 			cli.Fatal(prog, err, 1)
 		}
@@ -68,7 +72,7 @@ func main() {
 	if *secret == "" {
 		v, err := readSecret(store)
 		if err != nil {
-			cli.Fatal(prog, fmt.Errorf("cannot read the cluster's link secret from Redis %s (give -peer-secret, or make Redis reachable): %w", *redisAddr, err), 1)
+			cli.Fatal(prog, fmt.Errorf("cannot read the cluster's link secret from Redis %s (give -peer-secret, or make Redis reachable): %w", redisFlags.Addr, err), 1)
 		}
 		*secret = v
 	}
@@ -94,7 +98,7 @@ func main() {
 			}
 			return out, nil
 		}
-		log.Info("discovering servers through Redis heartbeats", "redis", *redisAddr, "prefix", *prefix)
+		log.Info("discovering servers through Redis heartbeats", "redis", redisFlags.Addr, "prefix", redisFlags.Prefix)
 	}
 	p, err := proxy.New(o)
 	if err != nil {

@@ -25,6 +25,7 @@ func main() {
 		fmt.Fprintf(fs.Output(), "Usage: %s [flags]\n\nRuns a message server: clients speak newline-delimited JSON on -listen (and\nWebSocket on -ws-listen); proxies and, in mesh mode, other servers link to\n-peer-listen.\n\nFlags:\n", prog)
 		fs.PrintDefaults()
 	}
+	redisFlags := cli.AddRedisFlags(fs)
 	var (
 		id          = fs.String("id", "", "unique server id (letters, digits, '-', '_', '.'); default \"s\" + the -listen port")
 		listen      = fs.String("listen", ":9501", "client address; port 0 picks a free port (logged at start)")
@@ -33,8 +34,6 @@ func main() {
 		topology    = fs.String("topology", "proxy", "proxy: cross-server chats go through forwarding proxies; mesh: servers also link directly to each other")
 		mailboxMax  = fs.Int("mailbox-max", 1000, "stored chats per offline user; 0 turns the mailbox off")
 		mailboxTTL  = fs.Duration("mailbox-ttl", 168*time.Hour, "how long a stored chat is kept")
-		redisAddr   = fs.String("redis", route.DefaultAddr, "Redis address, or a comma list for Redis Cluster")
-		prefix      = fs.String("redis-prefix", route.DefaultPrefix, "prefix of every Redis key")
 		multicore   = fs.Bool("multicore", false, "one event loop per CPU core (default one loop)")
 		loops       = fs.Int("loops", 0, "number of event loops; 0 = decided by -multicore")
 		maxLine     = fs.Int("max-line", codec.DefaultMaxLine, fmt.Sprintf("longest request line in bytes (64..%d); longer lines close the connection", codec.MaxClientLine))
@@ -43,6 +42,7 @@ func main() {
 		sendBuffer  = fs.Int("send-buffer", 64<<10, "kernel send buffer of client sockets (SO_SNDBUF); a close puts back what the client had not acknowledged, up to about twice this; -1 = the kernel's autotuning")
 		kickWait    = fs.Duration("kick-wait", 3*time.Second, "how long a new login waits for the session it replaced to hand back its unsent chats")
 		resendAfter = fs.Duration("resend-after", time.Second, "how long a stream waits for an acknowledgement before it resends (over another path if there is one); doubles while none comes")
+		deadGrace   = fs.Duration("dead-server-grace", 0, "delete the routes of a server whose heartbeat stayed gone this long (0 = max(2m, 40 heartbeats))")
 		drainTO     = fs.Duration("drain-timeout", 2*time.Second, "at shutdown, the longest each step waits for chats to be acknowledged or written")
 		kickFlush   = fs.Duration("kick-flush", 2*time.Second, "how long a kicked session's queued output may take to be acknowledged by its client before it is closed")
 		holdBytes   = fs.Int("hold-bytes", 8<<20, "bytes of chats sent to one server and not yet acknowledged (held while no path reaches it); past it new chats for it are refused; -1 = hold nothing: refuse at once while no path reaches it")
@@ -111,13 +111,12 @@ func main() {
 		log.Warn("could not raise the open-file limit", "err", err)
 	}
 	log.Debug("open-file limit", "nofile", nofile)
-	store, err := route.New(route.Options{
-		Addrs:        cli.SplitList(*redisAddr),
-		Prefix:       *prefix,
-		CacheTTL:     *cacheTTL,
-		Timeout:      *redisTO,
-		DisableCache: *noCache,
-	})
+	ro, err := redisFlags.Options(nil)
+	if err != nil {
+		cli.Fatal(prog, err, 2)
+	}
+	ro.CacheTTL, ro.Timeout, ro.DisableCache = *cacheTTL, *redisTO, *noCache
+	store, err := route.New(ro)
 	if err != nil {
 		cli.Fatal(prog, err, 1)
 	}
@@ -142,6 +141,7 @@ func main() {
 		KickFlush:       *kickFlush,
 		ResendAfter:     *resendAfter,
 		DrainTimeout:    *drainTO,
+		DeadServerGrace: *deadGrace,
 		MaxPending:      *maxPending,
 		MaxHoldBytes:    *holdBytes,
 		MaxHoldAge:      *holdAge,
@@ -175,7 +175,7 @@ func main() {
 	if err := srv.Start(); err != nil {
 		cli.Fatal(prog, err, 1)
 	}
-	log.Info("server ready", "id", *id, "client", srv.ClientAddr(), "peer", srv.PeerAddr(), "redis", *redisAddr, "topology", *topology)
+	log.Info("server ready", "id", *id, "client", srv.ClientAddr(), "peer", srv.PeerAddr(), "redis", redisFlags.Describe(ro), "topology", *topology)
 	failed := false
 	select {
 	case <-ctx.Done():
