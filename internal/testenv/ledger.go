@@ -76,6 +76,8 @@ type Ledger struct {
 	mbox      map[string][]string // name -> ids in its mailbox (last snapshot)
 	gaps      []ledgerGap
 
+	answered     int
+	acked        int
 	reordered    int
 	lateStored   int
 	foreign      int
@@ -240,6 +242,14 @@ func (l *Ledger) Outstanding(label string) int {
 	return ss.sent - ss.answered
 }
 
+// Counts returns how many chats were sent, answered (acked or errored)
+// and acked so far.
+func (l *Ledger) Counts() (sent, answered, acked int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.list), l.answered, l.acked
+}
+
 // ledgerLine is what the ledger reads of a line.
 type ledgerLine struct {
 	Cmd     string          `json:"cmd"`
@@ -273,6 +283,8 @@ func (l *Ledger) Read(label, line string) {
 		if c := l.chats[id]; c != nil {
 			if c.acked {
 				l.notef("%s: chat %s acked twice", label, id)
+			} else {
+				l.acked++
 			}
 			c.acked, c.storedAck = true, m.Stored
 			l.answerLocked(c)
@@ -297,6 +309,7 @@ func (l *Ledger) answerLocked(c *ledgerChat) {
 	}
 	c.answered = true
 	c.from.answered++
+	l.answered++
 }
 
 func (l *Ledger) deliveryLocked(ss *ledgerSession, label string, m *ledgerLine, line string) {
@@ -452,6 +465,30 @@ func (l *Ledger) Unsettled() (n int, examples []string) {
 	return n, examples
 }
 
+// Trace describes the chats of one pair with sequence numbers in [from,
+// to], one line each: acked, errors, deliveries (session, live or
+// stored), mailbox entries. For reports of a violation.
+func (l *Ledger) Trace(send, recv string, from, to int) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, c := range l.list {
+		if c.send != send || c.recv != recv || c.seq < from || c.seq > to {
+			continue
+		}
+		var d []string
+		for _, ss := range c.live {
+			d = append(d, "live@"+ss.label)
+		}
+		for _, ss := range c.stored {
+			d = append(d, "stored@"+ss.label)
+		}
+		out = append(out, fmt.Sprintf("#%d %s from %s sent %s acked=%v stored_ack=%v errors=%q deliveries=%v mailbox=%d",
+			c.seq, c.id, c.from.label, c.sent.Format("15:04:05.000"), c.acked, c.storedAck, c.errs, d, c.mbox))
+	}
+	return out
+}
+
 // SessionState describes one session as the ledger saw it.
 type SessionState struct {
 	Name       string
@@ -491,8 +528,9 @@ type LedgerResult struct {
 	// an error other than "did not confirm" (an error ends a chat);
 	// unparseable lines.
 	Foreign, Misdelivered, ErrDelivered, Junk int
-	// Errors counts the error reasons of acked chats that ended errored.
-	Errors map[string]int
+	// Errors counts the error reasons of acked chats that ended errored,
+	// Refusals those of chats refused (never acked).
+	Errors, Refusals map[string]int
 	// SilentIDs lists some silent chats.
 	SilentIDs []string
 	notes     []string
@@ -514,15 +552,21 @@ func (r LedgerResult) Details() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "sent=%d refused=%d unanswered=%d stored_acks=%d late_stored=%d unconfirmed_delivered=%d foreign=%d misdelivered=%d err_delivered=%d junk=%d",
 		r.Sent, r.Refused, r.Unanswered, r.StoredAcks, r.LateStored, r.Unconfirmed, r.Foreign, r.Misdelivered, r.ErrDelivered, r.Junk)
-	if len(r.Errors) > 0 {
-		keys := make([]string, 0, len(r.Errors))
-		for k := range r.Errors {
+	for _, e := range []struct {
+		title string
+		m     map[string]int
+	}{{"errors of acked chats", r.Errors}, {"refusals", r.Refusals}} {
+		if len(e.m) == 0 {
+			continue
+		}
+		keys := make([]string, 0, len(e.m))
+		for k := range e.m {
 			keys = append(keys, k)
 		}
 		sort.Strings(keys)
-		b.WriteString("\nerrors of acked chats:")
+		fmt.Fprintf(&b, "\n%s:", e.title)
 		for _, k := range keys {
-			fmt.Fprintf(&b, "\n  %d × %q", r.Errors[k], k)
+			fmt.Fprintf(&b, "\n  %d × %q", e.m[k], k)
 		}
 	}
 	if len(r.SilentIDs) > 0 {
@@ -545,12 +589,16 @@ func (r LedgerResult) OK() bool {
 const unconfirmedPrefix = "recipient's server did not confirm delivery"
 
 // Result classifies every chat.
-func (l *Ledger) Result() LedgerResult {
+func (l *Ledger) Result() LedgerResult { return l.ResultWhere(nil) }
+
+// ResultWhere classifies the chats keep accepts (every chat when keep is
+// nil). The order and foreign-delivery counts are the whole ledger's.
+func (l *Ledger) ResultWhere(keep func(send, recv string) bool) LedgerResult {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r := LedgerResult{
 		Reordered: l.reordered, LateStored: l.lateStored, Foreign: l.foreign,
-		Misdelivered: l.misdelivered, Junk: l.junk, Errors: map[string]int{},
+		Misdelivered: l.misdelivered, Junk: l.junk, Errors: map[string]int{}, Refusals: map[string]int{},
 	}
 	r.notes = append(r.notes, l.notes...)
 	note := func(format string, args ...any) {
@@ -559,6 +607,9 @@ func (l *Ledger) Result() LedgerResult {
 		}
 	}
 	for _, c := range l.list {
+		if keep != nil && !keep(c.send, c.recv) {
+			continue
+		}
 		r.Sent++
 		n := len(c.live) + len(c.stored) + c.mbox
 		if n > 1 {
@@ -582,6 +633,7 @@ func (l *Ledger) Result() LedgerResult {
 			r.Unanswered++
 		case !c.acked:
 			r.Refused++
+			r.Refusals[c.errs[0]]++
 		}
 		if !c.acked {
 			continue
@@ -625,7 +677,7 @@ func (l *Ledger) Result() LedgerResult {
 			prev := max(last[c.send], l.storedMax[ledgerPair{c.send, name}])
 			if c.seq <= prev {
 				r.Reordered++
-				note("mailbox of %s: %s seq %d after seq %d", name, c.send, c.seq, prev)
+				note("mailbox of %s: %s->%s seq %d after seq %d", name, c.send, name, c.seq, prev)
 			}
 			last[c.send] = max(last[c.send], c.seq)
 		}

@@ -72,6 +72,9 @@ func TestLedgerFates(t *testing.T) {
 	if n := l.Outstanding("a"); n != 1 {
 		t.Fatalf("outstanding %d, want 1", n)
 	}
+	if sent, answered, acked := l.Counts(); sent != 7 || answered != 6 || acked != 5 {
+		t.Fatalf("counts %d %d %d, want 7 6 5", sent, answered, acked)
+	}
 	if n, ex := l.Unsettled(); n != 3 { // ids[2] (not yet in a snapshot), ids[4], ids[6]
 		t.Fatalf("unsettled %d %v, want 3", n, ex)
 	}
@@ -93,6 +96,9 @@ func TestLedgerFates(t *testing.T) {
 	}
 	if r.Errors[unconfirmed] != 1 || len(r.SilentIDs) != 1 || !strings.HasPrefix(r.SilentIDs[0], ids[4]) {
 		t.Fatalf("errors %v silent %v", r.Errors, r.SilentIDs)
+	}
+	if r := l.ResultWhere(func(send, recv string) bool { return recv == "carol" }); r.Sent != 0 || r.Acked != 0 {
+		t.Fatalf("filtered: %+v", r)
 	}
 	// Snapshots replace each other.
 	l.Mailbox("bob", nil)
