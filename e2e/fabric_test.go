@@ -495,12 +495,18 @@ func (f *fabric) waitAnswered(t *testing.T, n int) {
 }
 
 // settle waits until every chat is settled (acked ones delivered, errored
-// or in the mailbox, sent ones answered unless their sender left), or
-// until timeout, and returns the ledger's verdict (logged).
+// or in the mailbox, sent ones answered unless their sender left) and no
+// delivery arrived for a poll interval (a mailbox being drained holds
+// chats on their way to the client), or until timeout, and returns the
+// ledger's verdict (logged).
 func (f *fabric) settle(t *testing.T, timeout time.Duration) testenv.LedgerResult {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
+	prev, stable := -1, 0
 	for {
+		// Deliveries first: if they have not moved by the end of the
+		// snapshot, no drain was writing meanwhile.
+		delivered := f.led.Deliveries()
 		overlap := 0
 		for _, name := range f.led.Recipients() {
 			entries, err := testenv.MailboxEntries(f.redis.Addr, route.MailboxKey(f.prefix, name))
@@ -510,9 +516,14 @@ func (f *fabric) settle(t *testing.T, timeout time.Duration) testenv.LedgerResul
 			overlap += f.led.Mailbox(name, entries)
 		}
 		n, ex := f.led.Unsettled()
-		if n == 0 && overlap == 0 {
-			break
+		if n == 0 && overlap == 0 && delivered == prev && f.led.Deliveries() == delivered {
+			if stable++; stable >= 2 {
+				break
+			}
+		} else {
+			stable = 0
 		}
+		prev = delivered
 		if time.Now().After(deadline) {
 			t.Logf("ledger not settled after %v: %d chats waited for (e.g. %v); %d mailbox entries delivered already", timeout, n, ex, overlap)
 			break
@@ -536,17 +547,27 @@ func (f *fabric) check(t *testing.T, r testenv.LedgerResult, allowGap bool) {
 	t.Logf("ledger details: %s", r.Details())
 }
 
-// traceFirst logs the ledger's trace of the pair in the first violation
-// that details describe, around the sequence numbers it names.
+// traceFirst logs the ledger's trace of the pairs in the first
+// duplicate and the first reordering that details describe, around the
+// sequence numbers they name.
 func (f *fabric) traceFirst(t *testing.T, details string) {
 	t.Helper()
-	m := regexp.MustCompile(`(\S+)->(\S+) seq (\d+)(?: after (?:stored )?seq (\d+))?`).FindStringSubmatch(details)
-	if m == nil {
-		return
-	}
-	for _, q := range m[3:] {
-		if n, err := strconv.Atoi(q); err == nil {
-			t.Logf("trace of %s->%s around #%d:\n\t%s", m[1], m[2], n, strings.Join(f.led.Trace(m[1], m[2], n-4, n+4), "\n\t"))
+	rx := regexp.MustCompile(`(\S+)->(\S+) seq (\d+)(?: after (?:stored )?seq (\d+))?`)
+	done := map[string]bool{}
+	for _, line := range strings.Split(details, "\n") {
+		kind := "reorder"
+		if strings.Contains(line, "again") || strings.Contains(line, "times and still") {
+			kind = "dup"
+		}
+		m := rx.FindStringSubmatch(line)
+		if m == nil || done[kind] {
+			continue
+		}
+		done[kind] = true
+		for _, q := range m[3:] {
+			if n, err := strconv.Atoi(q); err == nil {
+				t.Logf("trace of %s->%s around #%d:\n\t%s", m[1], m[2], n, strings.Join(f.led.Trace(m[1], m[2], n-4, n+4), "\n\t"))
+			}
 		}
 	}
 }
@@ -659,25 +680,50 @@ func (f *fabric) crossTraffic(t *testing.T, perServer, n, pad int, rate float64,
 
 // TestFabricProxyKill: one proxy, killed with kill -9 while thousands of
 // acked cross-server chats stream both ways, and started again a moment
-// later. The servers hold what they could not send and resend their
-// unacknowledged tails over the new proxy: every acked chat is delivered
-// once, in order, or (if it waited past -hold-age) stored or errored.
+// later (once chats are held), three times. The servers hold what they
+// could not send and resend their unacknowledged tails over the new
+// proxy. The proxy is back within about a second, far within -hold-age
+// (5s), so every acked chat must be delivered, once and in order: an
+// error (allowed by the contract) would mean a stream did not recover.
 func TestFabricProxyKill(t *testing.T) {
 	t.Parallel()
 	f := startFabric(t, fabricConfig{servers: 2, proxies: []string{"p1"}, serverArgs: []string{"-hold-age", "5s"}})
 	stop, _ := stopper(t)
-	const perServer, n = 3, 700 // 6 senders × 700 = 4200 chats
+	const perServer, n, rounds = 3, 800, 3 // 6 senders × 800 = 4800 chats
 	_, pumps := f.crossTraffic(t, perServer, n, 40, 0, stop)
 
-	f.waitAnswered(t, 2*perServer*n/3)
-	from := f.marks()
-	f.proxies["p1"].Kill()
-	f.waitProxyDown(t, "p1", from)
-	f.startProxy(t, "p1")
+	total := 2 * perServer * n
+	for k := range rounds {
+		f.waitAnswered(t, (k+1)*total/(rounds+1))
+		from := f.marks()
+		f.proxies["p1"].Kill()
+		f.waitProxyDown(t, "p1", from)
+		_, answered, _ := f.led.Counts()
+		f.waitAnswered(t, min(answered+200, total)) // held meanwhile
+		f.startProxy(t, "p1")
+	}
 
 	waitPumps(t, 3*wait, pumps, nil)
-	f.check(t, f.settle(t, fabricSettle), false)
+	r := f.settle(t, fabricSettle)
+	f.check(t, r, false)
+	f.expectAllDelivered(t, r)
 	f.stopAll(t)
+}
+
+// expectAllDelivered fails the test unless every acked chat was
+// delivered live: in scenarios where a path to every server comes back
+// well within -hold-age, nothing has to be stored or errored. It names
+// the servers' counters that point at a stuck stream.
+func (f *fabric) expectAllDelivered(t *testing.T, r testenv.LedgerResult) {
+	t.Helper()
+	if r.Delivered == r.Acked {
+		return
+	}
+	t.Errorf("%d of %d acked chats not delivered (%s), although a path came back well within -hold-age\n%s", r.Acked-r.Delivered, r.Acked, r, r.Details())
+	for _, s := range f.s {
+		t.Logf("%s logged %d frames dropped as from a server the link does not reach, %d holds expired",
+			s.id, countLog(s.proc, 0, `msg="dropping frame from a server this link does not reach"`), countLog(s.proc, 0, `msg="chats waited past -hold-age`))
+	}
 }
 
 // busiest returns the running proxy among ids that wrote the most bytes
@@ -718,7 +764,9 @@ func TestFabricProxyKillOfTwo(t *testing.T) {
 	f.waitProxyDown(t, victim, from)
 
 	waitPumps(t, 3*wait, pumps, nil)
-	f.check(t, f.settle(t, fabricSettle), false)
+	r := f.settle(t, fabricSettle)
+	f.check(t, r, false)
+	f.expectAllDelivered(t, r)
 	f.stopAll(t)
 }
 
@@ -754,7 +802,9 @@ func TestFabricProxyStall(t *testing.T) {
 	t.Logf("%s stalled for %v", victim, time.Since(stalled).Round(time.Millisecond))
 
 	waitPumps(t, 3*wait, pumps, nil)
-	f.check(t, f.settle(t, fabricSettle), false)
+	r := f.settle(t, fabricSettle)
+	f.check(t, r, false)
+	f.expectAllDelivered(t, r)
 	for i, s := range f.s {
 		if n := countLog(s.proc, from[i], `msg="proxy link down"`); n > 0 {
 			t.Logf("%s: %d proxy links went down during the stall", s.id, n)
@@ -784,14 +834,19 @@ func TestFabricProxyStop(t *testing.T) {
 		}
 		f.waitProxyDown(t, id, from)
 		for i, s := range f.s {
-			waitLog(t, s.proc, from[i], `msg="peer is stopping; moving its streams".*\bpeer=`+id+`\b`, wait)
+			if countLog(s.proc, from[i], `msg="peer is stopping; moving its streams".*\bpeer=`+id+`\b`) == 0 {
+				t.Errorf("%s never heard %s's goodbye (SIGTERM to a proxy should say goodbye before closing); its log:\n%s",
+					s.id, id, strings.Join(s.proc.Lines()[from[i]:], "\n"))
+			}
 		}
 		t.Logf("%s counters: %s", id, finalStats(f.proxies[id]))
 	}
 	f.startProxy(t, "p3")
 
 	waitPumps(t, 3*wait, pumps, nil)
-	f.check(t, f.settle(t, fabricSettle), false)
+	r := f.settle(t, fabricSettle)
+	f.check(t, r, false)
+	f.expectAllDelivered(t, r)
 	f.stopAll(t)
 }
 
@@ -1059,9 +1114,10 @@ func TestFabricRoguePeer(t *testing.T) {
 		}
 		t.Logf("%s: closed=%v, read %d lines", a.name, closed, len(read))
 	}
-	if n := countLog(f.s[0].proc, from[0], `msg="closing link: hello failed"`); n < len(attempts) {
-		t.Errorf("s1 logged %d failed hellos, want %d", n, len(attempts))
-	}
+	eventually(t, wait, func() (bool, string) {
+		n := countLog(f.s[0].proc, from[0], `msg="closing link: hello failed"`)
+		return n >= len(attempts), fmt.Sprintf("s1 logged %d failed hellos, want %d", n, len(attempts))
+	})
 
 	// A rogue with the secret, as a proxy reaching nothing and as a server
 	// "s9", sends frames in s2's name (a chat, a kick, an ack).
@@ -1562,12 +1618,14 @@ func TestFabricDuplicateID(t *testing.T) {
 }
 
 // TestFabricMeshRestart: three servers in mesh mode, no proxy, every user
-// chatting with every user on the other servers. s3 is stopped with
-// SIGTERM and started again with the same id and ports, then killed with
-// kill -9 and started again. Its users log in again each time. Chats to
-// s3's users while it is away are held, then stored (or, sent to the dead
-// run and unconfirmed, errored); the one silence allowed is the kill -9
-// gap (chats s3 had taken for its own users), counted apart as gap.
+// chatting with every user on the other servers. s1 (which dials the
+// others: the lower id dials) is stopped with SIGTERM and started again
+// with the same id and ports; then s3 (which the others dial) is killed
+// with kill -9 and started again. The restarted server's users log in
+// again each time. Chats to them while their server is away are held,
+// then stored (or, sent to the dead run and unconfirmed, errored); the
+// one silence allowed is the kill -9 gap (chats s3 had taken for its own
+// users), counted apart as gap. Every stop must exit 0.
 func TestFabricMeshRestart(t *testing.T) {
 	t.Parallel()
 	f := startFabric(t, fabricConfig{servers: 3, mesh: true, serverArgs: []string{"-hold-age", "3s"}})
@@ -1584,41 +1642,49 @@ func TestFabricMeshRestart(t *testing.T) {
 		}
 		return out
 	}
-	f.waitAnswered(t, 800)
+	f.waitAnswered(t, 500)
 
-	for _, how := range []string{"SIGTERM", "kill -9"} {
-		s3 := f.s[2].proc
+	for _, step := range []struct {
+		i   int
+		how string
+	}{{0, "SIGTERM"}, {2, "kill -9"}} {
+		s := f.s[step.i]
 		from := f.marks()
-		if how == "SIGTERM" {
-			s3.Signal(t, syscall.SIGTERM)
-			if err := s3.Wait(t, 3*wait); err != nil {
-				t.Errorf("s3 after SIGTERM: %v, want exit status 0", err)
+		if step.how == "SIGTERM" {
+			s.proc.Signal(t, syscall.SIGTERM)
+			start := time.Now()
+			if err := s.proc.Wait(t, 3*wait); err != nil {
+				t.Errorf("%s after SIGTERM: %v after %v, want exit status 0; last lines:\n%s", s.id, err, time.Since(start).Round(time.Millisecond),
+					strings.Join(s.proc.Lines()[max(0, len(s.proc.Lines())-8):], "\n"))
 			}
-			t.Logf("s3 counters at SIGTERM: %s", finalStats(s3))
+			t.Logf("%s stopped in %v; counters: %s", s.id, time.Since(start).Round(time.Millisecond), finalStats(s.proc))
 		} else {
 			killed := time.Now()
-			s3.Kill()
+			s.proc.Kill()
 			var names []string
-			for _, u := range users[2] {
+			for _, u := range users[step.i] {
 				names = append(names, u.name)
 			}
 			f.led.Gap(names, killed)
 		}
-		for i := range 2 {
-			waitLog(t, f.s[i].proc, from[i], `msg="mesh link down".*\bpeer=s3\b`, wait)
+		for j := range f.s {
+			if j != step.i {
+				waitLog(t, f.s[j].proc, from[j], `msg="mesh link down".*\bpeer=`+s.id+`\b`, wait)
+			}
 		}
 		_, answered, _ := f.led.Counts()
-		f.waitAnswered(t, answered+300) // chats for s3's users pile up
-		f.restartServer(t, 2)
-		for k, u := range users[2] {
-			users[2][k] = f.login(t, 2, u.name)
-			pumps = append(pumps, f.startPumpRate(users[2][k], recvOf(2), 1<<30, 40, 150, stop))
+		f.waitAnswered(t, answered+300) // chats for its users pile up
+		f.restartServer(t, step.i)
+		for k, u := range users[step.i] {
+			users[step.i][k] = f.login(t, step.i, u.name)
+			pumps = append(pumps, f.startPumpRate(users[step.i][k], recvOf(step.i), 1<<30, 40, 150, stop))
 		}
 		_, answered, _ = f.led.Counts()
-		f.waitAnswered(t, answered+800)
+		f.waitAnswered(t, answered+500)
 	}
 	halt()
-	waitPumps(t, 3*wait, pumps, func(p *pump) bool { return strings.Contains(p.c.label, "@s3#") })
+	// The senders on the stopped servers lost their connections.
+	waitPumps(t, 3*wait, pumps, func(p *pump) bool { return p.c.closed() })
 	f.check(t, f.settle(t, fabricSettle), true)
 	f.stopAll(t)
 }

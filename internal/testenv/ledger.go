@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"sort"
 	"strconv"
@@ -84,6 +85,7 @@ type Ledger struct {
 	misdelivered int
 	junk         int
 	notes        []string
+	noted        map[string]int // notes per kind
 }
 
 type ledgerPair struct{ send, recv string }
@@ -121,8 +123,9 @@ type ledgerGap struct {
 	before time.Time
 }
 
-// maxNotes bounds the violations a ledger describes in Details.
-const maxNotes = 40
+// maxNotes bounds the violations of one kind a ledger describes in
+// Details.
+const maxNotes = 12
 
 // NewLedger returns an empty ledger. Chat ids are prefix followed by a
 // number, so ledgers of different tests can share users.
@@ -135,6 +138,7 @@ func NewLedger(prefix string) *Ledger {
 		sessions:  make(map[string]*ledgerSession),
 		storedMax: make(map[ledgerPair]int),
 		mbox:      make(map[string][]string),
+		noted:     make(map[string]int),
 	}
 }
 
@@ -151,8 +155,10 @@ func (l *Ledger) Changed() <-chan struct{} {
 	return l.changed
 }
 
-func (l *Ledger) notef(format string, args ...any) {
-	if len(l.notes) < maxNotes {
+// notef records a violation of kind, up to maxNotes of each kind.
+func (l *Ledger) notef(kind, format string, args ...any) {
+	if l.noted[kind] < maxNotes {
+		l.noted[kind]++
 		l.notes = append(l.notes, fmt.Sprintf(format, args...))
 	}
 }
@@ -250,6 +256,20 @@ func (l *Ledger) Counts() (sent, answered, acked int) {
 	return len(l.list), l.answered, l.acked
 }
 
+// Deliveries returns how many chat lines the sessions have read so far.
+// A caller waiting for the end of a mailbox drain compares two readings:
+// a snapshot of a mailbox that is being drained may still hold chats
+// that are on their way to the client.
+func (l *Ledger) Deliveries() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, ss := range l.sessions {
+		n += ss.deliveries
+	}
+	return n
+}
+
 // ledgerLine is what the ledger reads of a line.
 type ledgerLine struct {
 	Cmd     string          `json:"cmd"`
@@ -271,7 +291,7 @@ func (l *Ledger) Read(label, line string) {
 	ss := l.sessions[label]
 	if err != nil {
 		l.junk++
-		l.notef("%s read a line that is not a JSON object: %.80q", label, line)
+		l.notef("junk", "%s read a line that is not a JSON object: %.80q", label, line)
 		return
 	}
 	var id string
@@ -282,7 +302,7 @@ func (l *Ledger) Read(label, line string) {
 	case "ack":
 		if c := l.chats[id]; c != nil {
 			if c.acked {
-				l.notef("%s: chat %s acked twice", label, id)
+				l.notef("ack", "%s: chat %s acked twice", label, id)
 			} else {
 				l.acked++
 			}
@@ -314,7 +334,7 @@ func (l *Ledger) answerLocked(c *ledgerChat) {
 
 func (l *Ledger) deliveryLocked(ss *ledgerSession, label string, m *ledgerLine, line string) {
 	if ss == nil {
-		l.notef("delivery to unregistered session %s: %.120q", label, line)
+		l.notef("misdelivered", "delivery to unregistered session %s: %.120q", label, line)
 		l.misdelivered++
 		return
 	}
@@ -323,12 +343,12 @@ func (l *Ledger) deliveryLocked(ss *ledgerSession, label string, m *ledgerLine, 
 	c := l.chats[id]
 	if !ok || c == nil {
 		l.foreign++
-		l.notef("%s got a chat the test did not send: %.120q", label, line)
+		l.notef("foreign", "%s got a chat the test did not send: %.120q", label, line)
 		return
 	}
 	if c.seq != seq || c.send != m.Send || c.recv != m.Recv || ss.name != m.Recv {
 		l.misdelivered++
-		l.notef("%s (%s) got chat %s as send=%q recv=%q seq=%d; it was sent %s->%s seq %d", label, ss.name, id, m.Send, m.Recv, seq, c.send, c.recv, c.seq)
+		l.notef("misdelivered", "%s (%s) got chat %s as send=%q recv=%q seq=%d; it was sent %s->%s seq %d", label, ss.name, id, m.Send, m.Recv, seq, c.send, c.recv, c.seq)
 		return
 	}
 	dup := len(c.live)+len(c.stored) > 0
@@ -338,14 +358,14 @@ func (l *Ledger) deliveryLocked(ss *ledgerSession, label string, m *ledgerLine, 
 		c.live = append(c.live, ss)
 	}
 	if dup {
-		l.notef("%s got chat %s (%s->%s seq %d) again (stored=%v)", label, id, c.send, c.recv, seq, m.Stored)
+		l.notef("dup", "%s got chat %s (%s->%s seq %d) again (stored=%v)", label, id, c.send, c.recv, seq, m.Stored)
 		return
 	}
 	p := ledgerPair{c.send, c.recv}
 	if m.Stored {
 		if seq <= l.storedMax[p] {
 			l.reordered++
-			l.notef("%s: stored chat %s->%s seq %d after stored seq %d", label, c.send, c.recv, seq, l.storedMax[p])
+			l.notef("reorder", "%s: stored chat %s->%s seq %d after stored seq %d", label, c.send, c.recv, seq, l.storedMax[p])
 		}
 		if seq < ss.maxLive[c.send] {
 			l.lateStored++
@@ -356,7 +376,7 @@ func (l *Ledger) deliveryLocked(ss *ledgerSession, label string, m *ledgerLine, 
 	}
 	if last := max(ss.maxLive[c.send], ss.maxStored[c.send]); seq <= last {
 		l.reordered++
-		l.notef("%s: live chat %s->%s seq %d after seq %d (live %d, stored %d) in the same session", label, c.send, c.recv, seq, last, ss.maxLive[c.send], ss.maxStored[c.send])
+		l.notef("reorder", "%s: live chat %s->%s seq %d after seq %d (live %d, stored %d) in the same session", label, c.send, c.recv, seq, last, ss.maxLive[c.send], ss.maxStored[c.send])
 	}
 	ss.maxLive[c.send] = max(ss.maxLive[c.send], seq)
 	ss.liveSeqs[c.send] = append(ss.liveSeqs[c.send], seq)
@@ -382,14 +402,14 @@ func (l *Ledger) Mailbox(name string, entries []string) (overlap int) {
 		var m ledgerLine
 		if !ok || json.Unmarshal([]byte(js), &m) != nil {
 			l.junk++
-			l.notef("mailbox of %s holds a malformed entry %.80q", name, e)
+			l.notef("junk", "mailbox of %s holds a malformed entry %.80q", name, e)
 			continue
 		}
 		id, seq, ok := parseContent(m.Content)
 		c := l.chats[id]
 		if !ok || c == nil || c.recv != name || c.seq != seq || c.send != m.Send {
 			l.foreign++
-			l.notef("mailbox of %s holds a chat the test did not send to it: %.120q", name, e)
+			l.notef("foreign", "mailbox of %s holds a chat the test did not send to it: %.120q", name, e)
 			continue
 		}
 		l.mbox[name] = append(l.mbox[name], id)
@@ -601,8 +621,10 @@ func (l *Ledger) ResultWhere(keep func(send, recv string) bool) LedgerResult {
 		Misdelivered: l.misdelivered, Junk: l.junk, Errors: map[string]int{}, Refusals: map[string]int{},
 	}
 	r.notes = append(r.notes, l.notes...)
-	note := func(format string, args ...any) {
-		if len(r.notes) < maxNotes {
+	noted := maps.Clone(l.noted)
+	note := func(kind, format string, args ...any) {
+		if noted[kind] < maxNotes {
+			noted[kind]++
 			r.notes = append(r.notes, fmt.Sprintf(format, args...))
 		}
 	}
@@ -615,7 +637,7 @@ func (l *Ledger) ResultWhere(keep func(send, recv string) bool) LedgerResult {
 		if n > 1 {
 			r.Dup += n - 1
 			if len(c.live)+len(c.stored) <= 1 {
-				note("chat %s %s->%s seq %d delivered %d times and still in the mailbox %d times", c.id, c.send, c.recv, c.seq, len(c.live)+len(c.stored), c.mbox)
+				note("dup", "chat %s %s->%s seq %d delivered %d times and still in the mailbox %d times", c.id, c.send, c.recv, c.seq, len(c.live)+len(c.stored), c.mbox)
 			}
 		}
 		hardErr := ""
@@ -626,7 +648,7 @@ func (l *Ledger) ResultWhere(keep func(send, recv string) bool) LedgerResult {
 		}
 		if n > 0 && hardErr != "" {
 			r.ErrDelivered++
-			note("chat %s %s->%s seq %d was delivered (live %d, stored %d, mailbox %d) but its sender got %q", c.id, c.send, c.recv, c.seq, len(c.live), len(c.stored), c.mbox, hardErr)
+			note("errdelivered", "chat %s %s->%s seq %d was delivered (live %d, stored %d, mailbox %d) but its sender got %q", c.id, c.send, c.recv, c.seq, len(c.live), len(c.stored), c.mbox, hardErr)
 		}
 		switch {
 		case !c.answered:
@@ -677,7 +699,7 @@ func (l *Ledger) ResultWhere(keep func(send, recv string) bool) LedgerResult {
 			prev := max(last[c.send], l.storedMax[ledgerPair{c.send, name}])
 			if c.seq <= prev {
 				r.Reordered++
-				note("mailbox of %s: %s->%s seq %d after seq %d", name, c.send, name, c.seq, prev)
+				note("reorder", "mailbox of %s: %s->%s seq %d after seq %d", name, c.send, name, c.seq, prev)
 			}
 			last[c.send] = max(last[c.send], c.seq)
 		}
@@ -695,7 +717,7 @@ func (l *Ledger) ResultWhere(keep func(send, recv string) bool) LedgerResult {
 				for _, q := range seqs {
 					if q < before[send] {
 						r.Reordered++
-						note("%s (%s) got live seq %d from %s after an earlier session got seq %d", ss.label, name, q, send, before[send])
+						note("reorder", "%s (%s) got live seq %d from %s after an earlier session got seq %d", ss.label, name, q, send, before[send])
 					}
 				}
 			}
