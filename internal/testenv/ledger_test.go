@@ -127,6 +127,13 @@ func TestLedgerDuplicates(t *testing.T) {
 	if r.Dup != 2 || r.Delivered != 2 || r.Reordered != 0 || r.OK() {
 		t.Fatalf("%s\n%s", r, r.Details())
 	}
+	if n := l.Deliveries(); n != 3 {
+		t.Fatalf("deliveries %d, want 3", n)
+	}
+	tr := l.Trace("alice", "bob", 1, 1)
+	if len(tr) != 1 || !strings.Contains(tr[0], "live@b, live@b") && !strings.Contains(tr[0], "[live@b live@b]") {
+		t.Fatalf("trace %q", tr)
+	}
 }
 
 // TestLedgerOrder: the order rules of the Ledger comment.
