@@ -29,6 +29,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaychat/relaychat/codec"
 	"github.com/relaychat/relaychat/internal/peer"
 	"github.com/relaychat/relaychat/internal/testenv"
 	"github.com/relaychat/relaychat/route"
@@ -719,7 +720,7 @@ func (f *fabric) expectAllDelivered(t *testing.T, r testenv.LedgerResult) {
 	if r.Delivered == r.Acked {
 		return
 	}
-	t.Errorf("%d of %d acked chats not delivered (%s), although a path came back well within -hold-age\n%s", r.Acked-r.Delivered, r.Acked, r, r.Details())
+	t.Errorf("%d of %d acked chats not delivered (%s), although a path to every server was up again well within -hold-age\n%s", r.Acked-r.Delivered, r.Acked, r, r.Details())
 	for _, s := range f.s {
 		t.Logf("%s logged %d frames dropped as from a server the link does not reach, %d holds expired",
 			s.id, countLog(s.proc, 0, `msg="dropping frame from a server this link does not reach"`), countLog(s.proc, 0, `msg="chats waited past -hold-age`))
@@ -1686,5 +1687,168 @@ func TestFabricMeshRestart(t *testing.T) {
 	// The senders on the stopped servers lost their connections.
 	waitPumps(t, 3*wait, pumps, func(p *pump) bool { return p.c.closed() })
 	f.check(t, f.settle(t, fabricSettle), true)
+	f.stopAll(t)
+}
+
+// lossyProxy is a proxy the test runs itself, with the cluster secret: it
+// links to every server, announces that it reaches them all, relays stream
+// frames by their destination, answers pings, and drops the data frames
+// drop selects (as a real proxy drops a frame for a congested link, which
+// it does not nak). It stands for any loss on the only path.
+type lossyProxy struct {
+	mu      sync.Mutex
+	conns   map[string]*lossyConn
+	drop    func(kind byte, src, dst string, n int) bool
+	counts  map[string]int // data frames seen per "src>dst"
+	dropped atomic.Int64
+	done    chan struct{}
+	wg      sync.WaitGroup
+}
+
+type lossyConn struct {
+	id   string
+	conn net.Conn
+	r    *bufio.Reader
+	wmu  sync.Mutex
+}
+
+func (lc *lossyConn) write(b []byte) {
+	lc.wmu.Lock()
+	defer lc.wmu.Unlock()
+	_ = lc.conn.SetWriteDeadline(time.Now().Add(wait))
+	_, _ = lc.conn.Write(b)
+}
+
+// startLossyProxy links to every server of f as proxy "lossy".
+func (f *fabric) startLossyProxy(t *testing.T, drop func(kind byte, src, dst string, n int) bool) *lossyProxy {
+	t.Helper()
+	v, err := testenv.RedisDo(f.redis.Addr, "GET", route.SecretKey(f.prefix))
+	secret, _ := v.(string)
+	if err != nil || secret == "" {
+		t.Fatalf("cluster secret: %q %v", secret, err)
+	}
+	lp := &lossyProxy{conns: map[string]*lossyConn{}, drop: drop, counts: map[string]int{}, done: make(chan struct{})}
+	var reach []string
+	from := f.marks()
+	for _, s := range f.s {
+		conn, err := net.DialTimeout("tcp", s.peer, wait)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.Close() })
+		hs, first, err := peer.NewDialer([]byte(secret), peer.Identity{Role: peer.RoleProxy, ID: "lossy"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(wait))
+		if _, err := conn.Write(first); err != nil {
+			t.Fatal(err)
+		}
+		r := bufio.NewReader(conn)
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("lossy proxy: hello answer from %s: %v", s.id, err)
+		}
+		out, done, err := hs.Feed([]byte(strings.TrimSuffix(line, "\n")))
+		if err != nil || !done {
+			t.Fatalf("lossy proxy: hello with %s: done=%v err=%v", s.id, done, err)
+		}
+		if _, err := conn.Write(out); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Time{})
+		lp.conns[s.id] = &lossyConn{id: s.id, conn: conn, r: r}
+		reach = append(reach, fmt.Sprintf("%s:%x", s.id, hs.Remote().Epoch))
+	}
+	line := []byte("R " + strings.Join(reach, " ") + "\n")
+	for _, lc := range lp.conns {
+		lc.write(line)
+	}
+	for i, s := range f.s {
+		waitLog(t, s.proc, from[i], `msg="proxy link up".*\bproxy=lossy\b`, wait)
+	}
+	for _, lc := range lp.conns {
+		lp.wg.Add(1)
+		go lp.relay(lc)
+	}
+	t.Cleanup(lp.close)
+	return lp
+}
+
+func (lp *lossyProxy) relay(from *lossyConn) {
+	defer lp.wg.Done()
+	for {
+		line, err := from.r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		body := strings.TrimSuffix(line, "\n")
+		if body == "P" {
+			from.write([]byte("Q\n"))
+			continue
+		}
+		kind, dst, src, err := codec.FrameRoute([]byte(body))
+		if err != nil {
+			continue // pongs, goodbyes
+		}
+		to := lp.conns[string(dst)]
+		if to == nil {
+			continue
+		}
+		if kind == codec.KindMsg || kind == codec.KindError || kind == codec.KindKick || kind == codec.KindKicked {
+			key := string(src) + ">" + string(dst)
+			lp.mu.Lock()
+			lp.counts[key]++
+			n := lp.counts[key]
+			lp.mu.Unlock()
+			if lp.drop(kind, string(src), string(dst), n) {
+				lp.dropped.Add(1)
+				continue
+			}
+		}
+		to.write([]byte(line))
+	}
+}
+
+func (lp *lossyProxy) close() {
+	select {
+	case <-lp.done:
+		return
+	default:
+		close(lp.done)
+	}
+	for _, lc := range lp.conns {
+		_ = lc.conn.Close()
+	}
+	lp.wg.Wait()
+}
+
+// TestFabricLossyPath: the only path between s1 and s2 is a proxy that
+// loses one chat frame from s1 to s2 (as a proxy drops a frame for a
+// congested link, without a nak). The stream must recover: s2 drops the
+// frames after the gap until the resend brings it, and s1 resends its
+// unacknowledged tail once s2 stops acknowledging (ResendAfter). With the
+// path up all along, every acked chat must be delivered, once and in
+// order; and chats sent long after the loss must flow as before.
+func TestFabricLossyPath(t *testing.T) {
+	t.Parallel()
+	f := startFabric(t, fabricConfig{servers: 2, serverArgs: []string{"-hold-age", "3s"}})
+	lp := f.startLossyProxy(t, func(kind byte, src, dst string, n int) bool {
+		return kind == codec.KindMsg && src == "s1" && dst == "s2" && n == 100
+	})
+	alice, bob := f.login(t, 0, f.name("alice")), f.login(t, 1, f.name("bob"))
+	stop, _ := stopper(t)
+	pumps := []*pump{
+		f.startPumpRate(alice, []string{bob.name}, 1500, 0, 300, stop),
+		f.startPumpRate(bob, []string{alice.name}, 1500, 0, 300, stop),
+	}
+	waitPumps(t, 3*wait, pumps, nil)
+	if lp.dropped.Load() != 1 {
+		t.Fatalf("the lossy proxy dropped %d frames, want 1", lp.dropped.Load())
+	}
+	r := f.settle(t, fabricSettle)
+	f.check(t, r, false)
+	f.expectAllDelivered(t, r)
+	lp.close()
 	f.stopAll(t)
 }
