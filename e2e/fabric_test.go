@@ -759,7 +759,7 @@ func TestFabricProxyKillOfTwo(t *testing.T) {
 
 	total := 3 * perServer * n
 	f.waitAnswered(t, total/4)
-	victim := f.busiest(t, []string{"p1", "p2"}, func() { f.waitAnswered(t, total/3) })
+	victim := f.busiest(t, []string{"p1", "p2"}, func() { f.waitAnswered(t, total/4+400) })
 	from := f.marks()
 	f.proxies[victim].Kill()
 	f.waitProxyDown(t, victim, from)
@@ -785,7 +785,7 @@ func TestFabricProxyStall(t *testing.T) {
 
 	total := 3 * perServer * n
 	f.waitAnswered(t, total/5)
-	victim := f.busiest(t, []string{"p1", "p2"}, func() { f.waitAnswered(t, total/4) })
+	victim := f.busiest(t, []string{"p1", "p2"}, func() { f.waitAnswered(t, total/5+400) })
 	vp := f.proxies[victim]
 	from := f.marks()
 	vp.Signal(t, syscall.SIGSTOP)
