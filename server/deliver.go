@@ -78,6 +78,14 @@ func (s *Server) deliver(l *batch.Loop, c *chat) {
 		s.resolve(l, c)
 		return
 	}
+	if c.from != nil {
+		if dst, ok := c.from.follows.to(c.recv); ok {
+			// Earlier chats to this recipient wait on a stream: this one
+			// follows them (follow.go).
+			s.forward(l, c, dst)
+			return
+		}
+	}
 	if dst := s.reg.get(c.recv); dst != nil && s.toSession(l, dst, c) {
 		s.settled(l, c, false)
 		return
@@ -279,15 +287,19 @@ func (s *Server) forward(l *batch.Loop, c *chat, dst string) {
 	}
 	h := frameHead{kind: codec.KindMsg, hops: c.hops, send: c.send, recv: c.recv, id: c.id}
 	m := outMeta{ts: c.ts}
-	if c.from != nil && c.id != nil {
+	if c.from != nil {
 		// The sender's ack is owed until the frame has reached the kernel
-		// on a link: only then has it left this process.
-		m.from, m.id = c.from, append([]byte(nil), c.id...)
-	} else if c.from != nil {
-		m.from = c.from
+		// on a link: only then has it left this process. Until then, the
+		// sender's next chats to this recipient follow it.
+		m.from, m.id = c.from, noID
+		if c.id != nil {
+			m.id = append([]byte(nil), c.id...)
+		}
+		m.fw = c.from.follows.add(c.recv, dst)
 	}
 	err := s.out.get(dst).push(h, c.appendLine, m)
 	if err != nil {
+		m.fw.done()
 		s.stats.StreamFull.Add(1)
 		s.fail(l, c, err.(codec.ProtoError))
 		return

@@ -68,6 +68,8 @@ type session struct {
 	storingN     int
 	storingBytes int
 	throttled    bool
+	// follows tracks this session's chats waiting on streams (follow.go).
+	follows follows
 	// gone is set when the session is kicked or the server shuts down: it
 	// takes no more requests, and its close releases no route (it belongs
 	// to the newer login, or is released in bulk).

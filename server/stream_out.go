@@ -120,16 +120,20 @@ type outFrame struct {
 	sentOn   *link
 	inKernel bool
 	from     *session // chats: the sender, when on this server
-	// owed is the sender's request id while its ack has not gone out:
-	// the ack goes once the frame reached the kernel (or the receiver
-	// acknowledged it, or it was stored instead).
+	// owed is the sender's request id (noID when it had none) while its
+	// ack has not gone out: the ack goes once the frame reached the kernel
+	// (or the receiver acknowledged it, or it was stored instead). fw is
+	// released once the receiver acknowledged it, or it was decided again
+	// (see follow.go).
 	owed []byte
+	fw   *follow
 }
 
 // outMeta is what push records about a frame.
 type outMeta struct {
 	from *session
-	id   []byte // the sender's request id: an ack is owed
+	id   []byte // the sender's request id (or noID): an ack is owed
+	fw   *follow
 	ts   int64
 }
 
@@ -164,7 +168,7 @@ func (o *outStream) push(h frameHead, payload func([]byte) []byte, m outMeta) er
 		return codec.ErrCongested
 	}
 	o.next++
-	o.frames = append(o.frames, outFrame{seq: seq, end: len(o.buf), at: time.Now().UnixNano(), ts: m.ts, kind: h.kind, from: m.from, owed: m.id})
+	o.frames = append(o.frames, outFrame{seq: seq, end: len(o.buf), at: time.Now().UnixNano(), ts: m.ts, kind: h.kind, from: m.from, owed: m.id, fw: m.fw})
 	lk := o.schedule()
 	o.mu.Unlock()
 	if lk != nil {
@@ -273,7 +277,7 @@ func (o *outStream) reachedKernel(lk *link, seq uint64) {
 		}
 	}
 	o.mu.Unlock()
-	o.s.ackSender(from, id, false)
+	o.s.ackSender(from, nil, id, false) // fw waits for the receiver's ack
 }
 
 // find returns the index of frame seq, or -1; o.mu held. Seqs are
@@ -294,10 +298,16 @@ func (o *outStream) find(seq uint64) int {
 	return -1
 }
 
-// ackSender sends a chat's sender its ack (stored: "stored":true), from
-// any goroutine; nothing when none is owed or the sender has left.
-func (s *Server) ackSender(from *session, id []byte, stored bool) {
-	if from == nil || id == nil || from.Closed() {
+// noID is the owed id of a chat sent without one: its settlement is
+// tracked (fw), but no ack goes out.
+var noID = []byte{}
+
+// ackSender settles a chat of a local sender and sends its ack (stored:
+// "stored":true), from any goroutine; nothing is sent when the chat had no
+// id or the sender has left.
+func (s *Server) ackSender(from *session, fw *follow, id []byte, stored bool) {
+	fw.done()
+	if from == nil || len(id) == 0 || from.Closed() {
 		return
 	}
 	var line []byte
@@ -335,11 +345,12 @@ func (o *outStream) ack(id, seq uint64) {
 	}
 	i := o.fh
 	for i < len(o.frames) && o.frames[i].seq <= seq {
-		if fr := &o.frames[i]; fr.owed != nil {
+		if fr := &o.frames[i]; fr.owed != nil || fr.fw != nil {
 			// The receiver has it: the sender's ack cannot wait for the
-			// kernel bookkeeping of a path that may be gone.
-			o.s.ackSender(fr.from, fr.owed, false)
-			fr.owed = nil
+			// kernel bookkeeping of a path that may be gone; its later
+			// chats to this recipient need not follow this one any more.
+			o.s.ackSender(fr.from, fr.fw, fr.owed, false)
+			fr.owed, fr.fw = nil, nil
 		}
 		i++
 	}
@@ -441,8 +452,9 @@ type lostFrame struct {
 	f         codec.Frame // parsed; its slices are copies
 	ts        int64
 	from      *session
-	owed      []byte // the sender's ack is still owed (with this id)
-	delivered bool   // it reached the kernel on a path: it may have arrived
+	owed      []byte // the sender's ack is still owed (with this id, or noID)
+	fw        *follow
+	delivered bool // it reached the kernel on a path: it may have arrived
 }
 
 // newRunLocked re-addresses the stream to run epoch of dst: frames already
@@ -466,7 +478,7 @@ func (o *outStream) newRunLocked(epoch uint64) []lostFrame {
 			continue
 		}
 		if m.inKernel && old != 0 {
-			lost = append(lost, lostFrame{f: copyFrame(&f), ts: m.ts, from: m.from, owed: m.owed, delivered: true})
+			lost = append(lost, lostFrame{f: copyFrame(&f), ts: m.ts, from: m.from, owed: m.owed, fw: m.fw, delivered: true})
 			continue
 		}
 		f.DstEpoch = epoch
@@ -504,7 +516,7 @@ func (o *outStream) tick(now time.Time) {
 		m := o.frames[i]
 		var f codec.Frame
 		if codec.ParseFrame(o.buf[start:m.end-1], &f) == nil {
-			lost = append(lost, lostFrame{f: copyFrame(&f), ts: m.ts, from: m.from, owed: m.owed, delivered: m.inKernel})
+			lost = append(lost, lostFrame{f: copyFrame(&f), ts: m.ts, from: m.from, owed: m.owed, fw: m.fw, delivered: m.inKernel})
 		}
 		start = m.end
 		i++
@@ -561,7 +573,7 @@ func (o *outStream) giveUp() {
 	for _, m := range o.frames[o.fh:] {
 		var f codec.Frame
 		if codec.ParseFrame(o.buf[start:m.end-1], &f) == nil {
-			lost = append(lost, lostFrame{f: copyFrame(&f), ts: m.ts, from: m.from, owed: m.owed, delivered: m.inKernel})
+			lost = append(lost, lostFrame{f: copyFrame(&f), ts: m.ts, from: m.from, owed: m.owed, fw: m.fw, delivered: m.inKernel})
 		}
 		start = m.end
 	}
@@ -603,10 +615,10 @@ func (s *Server) dropLost(dst string, lost []lostFrame) {
 					reason = codec.ErrUnconfirmed
 					s.stats.StreamUnconfirmed.Add(1)
 				}
-				s.tellSender(lf.from, c, reason)
+				s.tellSender(lf.from, lf.fw, c, reason)
 				continue
 			}
-			s.restore(dst, lf.from, lf.owed, c)
+			s.restore(dst, lf.from, lf.fw, lf.owed, c)
 		case codec.KindKick, codec.KindKicked:
 			f := lf.f
 			payload := f.Payload
@@ -623,8 +635,9 @@ func (s *Server) dropLost(dst string, lost []lostFrame) {
 }
 
 // tellSender sends a chat's local sender an error (the chat was acked
-// already), if the sender is still connected.
-func (s *Server) tellSender(from *session, c *chat, reason codec.ProtoError) {
+// already, or it is settled now: fw), if the sender is still connected.
+func (s *Server) tellSender(from *session, fw *follow, c *chat, reason codec.ProtoError) {
+	fw.done()
 	s.stats.countChatError(reason)
 	if from == nil || from.Closed() {
 		s.stats.DroppedNoSender.Add(1)
@@ -638,7 +651,7 @@ func (s *Server) tellSender(from *session, c *chat, reason codec.ProtoError) {
 // restore stores a chat that could not reach server dst in its
 // recipient's mailbox; if the routing store says the recipient is online
 // elsewhere, it goes there.
-func (s *Server) restore(dst string, from *session, owed []byte, c *chat) {
+func (s *Server) restore(dst string, from *session, fw *follow, owed []byte, c *chat) {
 	req := route.StoreReq{Name: c.recv, Line: c.payload, TS: c.ts, Here: dst}
 	if !s.redis.store(req, func(res route.StoreResult) {
 		if res.Expired > 0 {
@@ -646,36 +659,36 @@ func (s *Server) restore(dst string, from *session, owed []byte, c *chat) {
 		}
 		switch {
 		case res.Err != nil:
-			s.tellSender(from, c, codec.ErrNoForwarding)
+			s.tellSender(from, fw, c, codec.ErrNoForwarding)
 		case res.Outcome == route.Stored:
 			s.stats.Stored.Add(1)
-			s.ackSender(from, owed, true)
+			s.ackSender(from, fw, owed, true)
 			if res.Route.Server == dst && dst != s.opt.ID {
 				// The recipient may still be logged in there: once a path
 				// is back, tell that session to read its mailbox.
 				s.sendKickDone(&kickReply{server: dst, name: c.recv, token: res.Route.Token})
 			}
 		case res.Outcome == route.Full:
-			s.tellSender(from, c, codec.ErrMailboxFull)
+			s.tellSender(from, fw, c, codec.ErrMailboxFull)
 		case res.Route.Server == s.opt.ID:
 			if dstS := s.reg.get(c.recv); dstS != nil && s.toSession(nil, dstS, c) {
-				s.ackSender(from, owed, false)
+				s.ackSender(from, fw, owed, false)
 				return
 			}
-			s.tellSender(from, c, codec.ErrOffline)
+			s.tellSender(from, fw, c, codec.ErrOffline)
 		default:
 			c.hops++
 			if c.hops > maxHops {
-				s.tellSender(from, c, codec.ErrMoving)
+				s.tellSender(from, fw, c, codec.ErrMoving)
 				return
 			}
 			h := frameHead{kind: codec.KindMsg, hops: c.hops, send: c.send, recv: c.recv, id: c.id}
-			if err := s.out.get(res.Route.Server).push(h, c.appendLine, outMeta{from: from, id: owed, ts: c.ts}); err != nil {
-				s.tellSender(from, c, err.(codec.ProtoError))
+			if err := s.out.get(res.Route.Server).push(h, c.appendLine, outMeta{from: from, id: owed, fw: fw, ts: c.ts}); err != nil {
+				s.tellSender(from, fw, c, err.(codec.ProtoError))
 			}
 		}
 	}) {
-		s.tellSender(from, c, codec.ErrNoForwarding)
+		s.tellSender(from, fw, c, codec.ErrNoForwarding)
 	}
 }
 

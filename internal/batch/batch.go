@@ -121,10 +121,11 @@ func (e *Endpoint) CheckOutbound() {
 type Loop struct {
 	el gnet.EventLoop
 
-	index   map[*Endpoint]int
-	targets []*Endpoint
-	bufs    [][]byte
-	marks   [][]Mark
+	// g gathers this callback's output; Flush swaps it for idle while it
+	// writes, so that a write closing a connection, whose OnClose gathers
+	// more output, does not touch what is being written.
+	g, idle  *gather
+	flushing bool
 	// Scratch is a buffer for building lines on this loop.
 	Scratch []byte
 
@@ -138,6 +139,16 @@ type Loop struct {
 	drainer   drainTask
 }
 
+// gather is the output of one callback, per endpoint.
+type gather struct {
+	index   map[*Endpoint]int
+	targets []*Endpoint
+	bufs    [][]byte
+	marks   [][]Mark
+}
+
+func newGather() *gather { return &gather{index: make(map[*Endpoint]int)} }
+
 // item is one hand-over: a write for an endpoint, or a task.
 type item struct {
 	e     *Endpoint
@@ -148,7 +159,7 @@ type item struct {
 
 // NewLoop returns the batching state for el.
 func NewLoop(el gnet.EventLoop) *Loop {
-	l := &Loop{el: el, index: make(map[*Endpoint]int), byLoop: make(map[*Loop][]item)}
+	l := &Loop{el: el, g: newGather(), idle: newGather(), byLoop: make(map[*Loop][]item)}
 	l.drainer.l = l
 	return l
 }
@@ -167,23 +178,23 @@ func putBuf(b []byte) {
 
 // Out returns the buffer gathering this callback's output for e.
 func (l *Loop) Out(e *Endpoint) *[]byte {
-	return &l.bufs[l.slot(e)]
+	return &l.g.bufs[l.g.slot(e)]
 }
 
-func (l *Loop) slot(e *Endpoint) int {
-	if i, ok := l.index[e]; ok {
+func (g *gather) slot(e *Endpoint) int {
+	if i, ok := g.index[e]; ok {
 		return i
 	}
-	i := len(l.targets)
-	l.index[e] = i
-	l.targets = append(l.targets, e)
-	if i < len(l.bufs) {
-		if l.bufs[i] == nil {
-			l.bufs[i] = getBuf()
+	i := len(g.targets)
+	g.index[e] = i
+	g.targets = append(g.targets, e)
+	if i < len(g.bufs) {
+		if g.bufs[i] == nil {
+			g.bufs[i] = getBuf()
 		}
 	} else {
-		l.bufs = append(l.bufs, getBuf())
-		l.marks = append(l.marks, nil)
+		g.bufs = append(g.bufs, getBuf())
+		g.marks = append(g.marks, nil)
 	}
 	return i
 }
@@ -191,10 +202,11 @@ func (l *Loop) slot(e *Endpoint) int {
 // OutMarked appends what add appends to e's buffer and records it as one
 // tracked item of the given kind.
 func (l *Loop) OutMarked(e *Endpoint, kind uint8, add func([]byte) []byte) {
-	i := l.slot(e)
-	start := len(l.bufs[i])
-	l.bufs[i] = add(l.bufs[i])
-	l.marks[i] = append(l.marks[i], Mark{Start: int32(start), End: int32(len(l.bufs[i])), Kind: kind})
+	g := l.g
+	i := g.slot(e)
+	start := len(g.bufs[i])
+	g.bufs[i] = add(g.bufs[i])
+	g.marks[i] = append(g.marks[i], Mark{Start: int32(start), End: int32(len(g.bufs[i])), Kind: kind})
 }
 
 // Append appends b to e's buffer.
@@ -204,18 +216,40 @@ func (l *Loop) Append(e *Endpoint, b []byte) {
 }
 
 // Flush writes what this callback gathered: at once for connections on
-// this loop, and as one hand-over per other loop for the rest.
+// this loop, and as one hand-over per other loop for the rest. A Flush
+// called while one runs (a write failed, gnet closed the connection at
+// once and its OnClose flushed) returns at once: the running one writes
+// what was gathered meanwhile.
 func (l *Loop) Flush() {
-	for i, e := range l.targets {
-		buf, marks := l.bufs[i], l.marks[i]
-		l.targets[i] = nil
+	if l.flushing {
+		return
+	}
+	l.flushing = true
+	for len(l.g.targets) > 0 {
+		g := l.g
+		l.g, l.idle = l.idle, nil
+		l.flushGather(g)
+		l.idle = g
+	}
+	l.flushing = false
+	for dst, items := range l.byLoop {
+		dst.receive(items...)
+		clear(items)
+		l.byLoop[dst] = items[:0]
+	}
+}
+
+func (l *Loop) flushGather(g *gather) {
+	for i, e := range g.targets {
+		buf, marks := g.bufs[i], g.marks[i]
+		g.targets[i] = nil
 		if len(buf) == 0 {
-			l.marks[i] = marks[:0]
+			g.marks[i] = marks[:0]
 			continue
 		}
 		if e.Loop == l {
 			e.write(buf, marks)
-			l.bufs[i], l.marks[i] = buf[:0], marks[:0]
+			g.bufs[i], g.marks[i] = buf[:0], marks[:0]
 			continue
 		}
 		var m []Mark
@@ -223,15 +257,10 @@ func (l *Loop) Flush() {
 			m = append([]Mark(nil), marks...)
 		}
 		l.byLoop[e.Loop] = append(l.byLoop[e.Loop], item{e: e, buf: buf, marks: m})
-		l.bufs[i], l.marks[i] = nil, marks[:0]
+		g.bufs[i], g.marks[i] = nil, marks[:0]
 	}
-	l.targets = l.targets[:0]
-	clear(l.index)
-	for dst, items := range l.byLoop {
-		dst.receive(items...)
-		clear(items)
-		l.byLoop[dst] = items[:0]
-	}
+	g.targets = g.targets[:0]
+	clear(g.index)
 }
 
 // Post runs fn on l's event loop, after everything posted to l before it.
