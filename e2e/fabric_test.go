@@ -1861,3 +1861,47 @@ func TestFabricLossyPath(t *testing.T) {
 	lp.close()
 	f.stopAll(t)
 }
+
+// TestFabricFlowControl: the only proxy stops reading (SIGSTOP) while
+// clients send as fast as their windows let them. Chats are acked once
+// their frame reached the kernel, so without flow control the streams
+// would fill the socket buffers and then -hold-bytes, and refuse chats as
+// "congested". With it, a client whose chat finds an eighth of
+// -hold-bytes in flight is not read until the receiving side catches up:
+// every chat is delivered, none refused, and the pauses are counted.
+func TestFabricFlowControl(t *testing.T) {
+	t.Parallel()
+	f := startFabric(t, fabricConfig{servers: 2, proxies: []string{"p1"}, serverArgs: []string{"-hold-bytes", "131072", "-hold-age", "20s", "-resend-after", "5s"}})
+	stop, _ := stopper(t)
+	const perServer, n = 8, 800
+	_, pumps := f.crossTraffic(t, perServer, n, 200, 0, stop)
+	total := 2 * perServer * n
+	f.waitAnswered(t, total/5)
+	p := f.proxies["p1"]
+	p.Signal(t, syscall.SIGSTOP)
+	defer func() { _ = syscall.Kill(p.Pid(), syscall.SIGCONT) }() // if the test fails first
+	// The streams fill the socket buffers, then reach the window: the
+	// clients end up with (nearly) full windows of unanswered chats.
+	stalled := time.Now()
+	f.waitHeld(t, 2*perServer*fabricWindow*9/10)
+	p.Signal(t, syscall.SIGCONT)
+	t.Logf("proxy stopped for %v", time.Since(stalled).Round(time.Millisecond))
+	waitPumps(t, 3*wait, pumps, nil)
+	r := f.settle(t, fabricSettle)
+	f.check(t, r, false)
+	f.expectAllDelivered(t, r)
+	f.stopAll(t)
+	paused := 0
+	for _, s := range f.s {
+		if n := statOf(s.proc, "stream_paused"); n > 0 {
+			paused += n
+		}
+		if n := statOf(s.proc, "stream_full"); n != 0 {
+			t.Errorf("%s refused %d chats as congested", s.id, n)
+		}
+	}
+	if paused == 0 {
+		t.Errorf("no client was paused by a stream's window")
+	}
+	t.Logf("clients paused %d times", paused)
+}

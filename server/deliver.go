@@ -78,6 +78,12 @@ func (s *Server) deliver(l *batch.Loop, c *chat) {
 		s.resolve(l, c)
 		return
 	}
+	if dst := s.reg.get(c.recv); dst != nil && s.toSession(l, dst, c) {
+		// (A session here is the recipient's newest login: it wins over
+		// chats still on their way to an older one elsewhere.)
+		s.settled(l, c, false)
+		return
+	}
 	if c.from != nil {
 		if dst, ok := c.from.follows.to(c.recv); ok {
 			// Earlier chats to this recipient wait on a stream: this one
@@ -85,10 +91,6 @@ func (s *Server) deliver(l *batch.Loop, c *chat) {
 			s.forward(l, c, dst)
 			return
 		}
-	}
-	if dst := s.reg.get(c.recv); dst != nil && s.toSession(l, dst, c) {
-		s.settled(l, c, false)
-		return
 	}
 	if r, _, hit := s.opt.Router.CachedLookup(c.recv); hit && r.Server != s.opt.ID {
 		s.forward(l, c, r.Server)
@@ -214,8 +216,11 @@ func (s *Server) stored(c *chat, res route.StoreResult) {
 		}
 		s.storedResult(nil, c, res)
 		if ss.throttled && ss.storingN < maxStoring/2 && ss.storingBytes < s.opt.MaxPending/2 && !ss.Closed() {
-			ss.throttled, ss.busy = false, false
-			_ = ss.C.Wake(nil)
+			ss.throttled = false
+			if !ss.streamWait {
+				ss.busy = false
+				_ = ss.C.Wake(nil)
+			}
 		}
 	})
 }
@@ -287,7 +292,8 @@ func (s *Server) forward(l *batch.Loop, c *chat, dst string) {
 	}
 	h := frameHead{kind: codec.KindMsg, hops: c.hops, send: c.send, recv: c.recv, id: c.id}
 	m := outMeta{ts: c.ts}
-	if c.from != nil {
+	if ss := c.from; ss != nil {
+		m.pace = !ss.streamWait
 		// The sender's ack is owed until the frame has reached the kernel
 		// on a link: only then has it left this process. Until then, the
 		// sender's next chats to this recipient follow it.
@@ -295,9 +301,15 @@ func (s *Server) forward(l *batch.Loop, c *chat, dst string) {
 		if c.id != nil {
 			m.id = append([]byte(nil), c.id...)
 		}
-		m.fw = c.from.follows.add(c.recv, dst)
+		m.fw = ss.follows.add(c.recv, dst)
 	}
-	err := s.out.get(dst).push(h, c.appendLine, m)
+	pause, err := s.out.get(dst).pushPaced(h, c.appendLine, m)
+	if pause {
+		// The stream is over its window: read no more of this client
+		// until the receiving side catches up (resumeSender).
+		c.from.streamWait, c.from.busy = true, true
+		s.stats.StreamPaused.Add(1)
+	}
 	if err != nil {
 		m.fw.done()
 		s.stats.StreamFull.Add(1)

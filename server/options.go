@@ -112,7 +112,10 @@ type Options struct {
 	// and not yet acknowledged (held while no link reaches it); past it new
 	// chats for that server are refused with an error. 0 means 8 MiB;
 	// negative means: hold nothing, refuse chats at once while no link
-	// reaches their server (in flight, 8 MiB as for 0).
+	// reaches their server (in flight, 8 MiB as for 0). While a link is
+	// up, a client whose chat finds more than an eighth of it in flight
+	// stops being read until half of that is acknowledged (flow control:
+	// the receiving side sets the pace, nobody gets an error).
 	MaxHoldBytes int
 	// MaxHoldAge is how long a chat may wait unacknowledged; then it is
 	// stored in the recipient's mailbox (never sent) or its sender gets an
@@ -186,6 +189,9 @@ type Options struct {
 	Logger *slog.Logger
 
 	noHold bool // MaxHoldBytes < 0
+	// streamWindow is the bytes in flight on a stream past which senders
+	// pushing into it are paused (MaxHoldBytes/8, at least 64 KiB).
+	streamWindow int
 }
 
 func (o *Options) setDefaults() error {
@@ -250,6 +256,7 @@ func (o *Options) setDefaults() error {
 	case o.MaxHoldBytes < 64<<10:
 		o.MaxHoldBytes = 64 << 10
 	}
+	o.streamWindow = max(o.MaxHoldBytes/8, 64<<10)
 	switch {
 	case o.MailboxMax == 0:
 		o.MailboxMax = 1000

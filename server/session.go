@@ -70,6 +70,9 @@ type session struct {
 	throttled    bool
 	// follows tracks this session's chats waiting on streams (follow.go).
 	follows follows
+	// streamWait is set while busy because a chat found its stream over
+	// the flow-control window; the stream's acks resume the session.
+	streamWait bool
 	// gone is set when the session is kicked or the server shuts down: it
 	// takes no more requests, and its close releases no route (it belongs
 	// to the newer login, or is released in bulk).

@@ -34,6 +34,7 @@ type Stats struct {
 	StreamUnconfirmed atomic.Int64 // chats sent but never acknowledged: their senders got an error
 	StreamExpired     atomic.Int64 // chats never sent within -hold-age: stored or refused instead
 	StreamFull        atomic.Int64 // chats refused: the stream to their server was at -hold-bytes
+	StreamPaused      atomic.Int64 // clients paused because their chat found its stream over the flow-control window
 
 	Errors           atomic.Int64 // error lines sent to clients
 	CacheMisses      atomic.Int64 // route lookups that had to go to Redis
@@ -137,6 +138,7 @@ func (s *Stats) counters() []counter {
 		{"stream_unconfirmed", "Chats sent to another server and never acknowledged: their senders were told.", false, &s.StreamUnconfirmed},
 		{"stream_expired", "Chats not sent within -hold-age: stored or refused instead.", false, &s.StreamExpired},
 		{"stream_full", "Chats refused because the stream to their server was at -hold-bytes.", false, &s.StreamFull},
+		{"stream_paused", "Clients not read for a while: their chat found its stream over the flow-control window (an eighth of -hold-bytes in flight).", false, &s.StreamPaused},
 		{"errors", "Error lines sent to clients.", false, &s.Errors},
 		{"cache_misses", "Route lookups that went to Redis.", false, &s.CacheMisses},
 		{"busy", "Requests refused: too many Redis operations in flight, or the Redis queue full.", false, &s.Busy},

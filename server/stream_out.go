@@ -104,6 +104,9 @@ type outStream struct {
 	progress time.Time     // last ack that moved, or last path change
 	rto      time.Duration // wait for an ack before resending; doubles while none comes
 	resent   int64         // frames written again over a new path
+	// waiters are the sessions paused because their chat found more than
+	// streamWindow bytes in flight; resumed below half of it.
+	waiters []*session
 }
 
 // outFrame is the metadata of one unacknowledged frame.
@@ -135,6 +138,9 @@ type outMeta struct {
 	id   []byte // the sender's request id (or noID): an ack is owed
 	fw   *follow
 	ts   int64
+	// pace: pause from (register it as a waiter) if the stream is over
+	// its window; push reports it. Only on from's loop.
+	pace bool
 }
 
 // frameHead is what a caller says about a frame; push adds the routing.
@@ -148,10 +154,17 @@ type frameHead struct {
 // push appends a frame to the stream; payload appends its payload. It
 // fails with the error for the sender when the stream is at its byte bound.
 func (o *outStream) push(h frameHead, payload func([]byte) []byte, m outMeta) error {
+	_, err := o.pushPaced(h, payload, m)
+	return err
+}
+
+// pushPaced is push; with m.pace, it also reports whether m.from must
+// pause (it was registered as a waiter: see waiters).
+func (o *outStream) pushPaced(h frameHead, payload func([]byte) []byte, m outMeta) (pause bool, err error) {
 	o.mu.Lock()
 	if o.path == nil && o.s.opt.noHold && h.kind == codec.KindMsg {
 		o.mu.Unlock()
-		return codec.ErrNoForwarding
+		return false, codec.ErrNoForwarding
 	}
 	seq := o.next
 	start := len(o.buf)
@@ -163,18 +176,50 @@ func (o *outStream) push(h frameHead, payload func([]byte) []byte, m outMeta) er
 		held := o.path == nil
 		o.mu.Unlock()
 		if held {
-			return codec.ErrNoForwarding
+			return false, codec.ErrNoForwarding
 		}
-		return codec.ErrCongested
+		return false, codec.ErrCongested
 	}
 	o.next++
 	o.frames = append(o.frames, outFrame{seq: seq, end: len(o.buf), at: time.Now().UnixNano(), ts: m.ts, kind: h.kind, from: m.from, owed: m.id, fw: m.fw})
+	if m.pace && o.path != nil && len(o.buf)-o.head > o.s.opt.streamWindow {
+		o.waiters = append(o.waiters, m.from)
+		pause = true
+	}
 	lk := o.schedule()
 	o.mu.Unlock()
 	if lk != nil {
 		lk.Loop.Post(func() { o.flush(lk) })
 	}
-	return nil
+	return pause, nil
+}
+
+// resumeLocked resumes the paused senders once the bytes in flight are
+// below half the window, or nothing is in flight any more (held: the hold
+// has its own bounds). o.mu held.
+func (o *outStream) resumeLocked() {
+	if len(o.waiters) == 0 || (o.path != nil && len(o.buf)-o.head > o.s.opt.streamWindow/2) {
+		return
+	}
+	for i, ss := range o.waiters {
+		ss.Loop.Post(func() { o.s.resumeSender(ss) })
+		o.waiters[i] = nil
+	}
+	o.waiters = o.waiters[:0]
+}
+
+// resumeSender lets a session paused by a stream's window read again
+// (on its loop).
+func (s *Server) resumeSender(ss *session) {
+	if !ss.streamWait {
+		return
+	}
+	ss.streamWait = false
+	if ss.throttled || ss.Closed() {
+		return
+	}
+	ss.busy = false
+	_ = ss.C.Wake(nil)
 }
 
 // schedule returns the path to post a flush to, if one is needed; o.mu held.
@@ -364,6 +409,7 @@ func (o *outStream) ack(id, seq uint64) {
 	o.progress = time.Now()
 	o.rto = 0
 	o.compact()
+	o.resumeLocked()
 }
 
 // compact moves the live part of the buffers to fresh arrays once the dead
@@ -497,6 +543,7 @@ func (o *outStream) newRunLocked(epoch uint64) []lostFrame {
 // back, and gives up on frames older than MaxHoldAge.
 func (o *outStream) tick(now time.Time) {
 	o.mu.Lock()
+	o.resumeLocked() // also after expiry below, at the next tick
 	if o.fh == len(o.frames) {
 		o.mu.Unlock()
 		return

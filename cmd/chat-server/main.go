@@ -45,7 +45,7 @@ func main() {
 		deadGrace   = fs.Duration("dead-server-grace", 0, "delete the routes of a server whose heartbeat stayed gone this long (0 = max(2m, 40 heartbeats))")
 		drainTO     = fs.Duration("drain-timeout", 2*time.Second, "at shutdown, the longest each step waits for chats to be acknowledged or written")
 		kickFlush   = fs.Duration("kick-flush", 2*time.Second, "how long a kicked session's queued output may take to be acknowledged by its client before it is closed")
-		holdBytes   = fs.Int("hold-bytes", 8<<20, "bytes of chats sent to one server and not yet acknowledged (held while no path reaches it); past it new chats for it are refused; -1 = hold nothing: refuse at once while no path reaches it")
+		holdBytes   = fs.Int("hold-bytes", 8<<20, "bytes of chats sent to one server and not yet acknowledged (held while no path reaches it); past it new chats for it are refused; while a path is up, a client whose chat finds an eighth of it in flight is not read until half that is acknowledged; -1 = hold nothing: refuse at once while no path reaches it")
 		holdAge     = fs.Duration("hold-age", 5*time.Second, "how long a chat may wait unacknowledged; then it is stored for its recipient (never sent) or its sender gets an error (sent, unconfirmed)")
 		maxPending  = fs.Int("max-pending", 4<<20, "bytes a client may send while one of its requests waits on Redis")
 		maxInflight = fs.Int("max-inflight", 4096, "concurrent Redis operations for logins and cache misses")
