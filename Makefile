@@ -51,7 +51,7 @@ fuzz:
 # make bench [SCENARIO=...] [BENCH_ARGS="chat-bench flags"]. SCENARIO=floor runs
 # the anchor load against chat-bench's minimal relay (the machine's floor);
 # SCENARIO=anchor-floor PAIRS=3 interleaves two scenarios, a table per pair.
-# TOPOLOGY=mesh, TRANSPORT=ws, BENCH_METRICS=1, NSERVERS=N, PAIRS=N and the
+# TOPOLOGY=proxy (default mesh), LOOPS=N, TRANSPORT=ws, BENCH_METRICS=1, NSERVERS=N, PAIRS=N and the
 # rest of scripts/bench.sh's variables reach it from the make command line.
 bench: build
 	@scripts/ensure-redis.sh

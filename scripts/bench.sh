@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make bench: starts a private stack on loopback (redis-server on a free
-# port, two chat-servers with -multicore, one chat-proxy), runs chat-bench
+# port, two chat-servers in a mesh, each with cores/servers event loops),
+# runs chat-bench
 # against it with -pids for all of them, prints the report, writes
 # bench-report.html and bench-report.json in the repo root, and stops
 # everything it started, on Ctrl-C too.
@@ -20,10 +21,13 @@
 #
 # Environment: BIN (default bin), SCENARIO (default mixed), NSERVERS
 # (message servers, default 2; each holds at most ~19,000 clients under the
-# 20,000 open-file limit, so 100,000 held clients need 6), TOPOLOGY (proxy,
-# the default: cross-server chats through one chat-proxy; mesh: servers
+# 20,000 open-file limit, so 100,000 held clients need 6), TOPOLOGY (mesh,
+# the default, as the README recommends up to a handful of servers: servers
 # started with -topology mesh, no proxy, and the run waits until every
-# server has logged a mesh link to every other), TRANSPORT (tcp, the
+# server has logged a mesh link to every other; proxy: cross-server chats
+# through one chat-proxy), LOOPS (event loops per server, default
+# max(1, cores / NSERVERS): busy loops never outnumber the cores; the proxy
+# gets as many), TRANSPORT (tcp, the
 # default; ws: servers get -ws-listen 127.0.0.1:0 and the clients speak
 # WebSocket to those addresses), BENCH_METRICS=1 (servers and proxy get
 # -metrics 127.0.0.1:0; their addresses are printed), BENCH_LOGS (default
@@ -36,7 +40,8 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}
 SCENARIO=${SCENARIO:-mixed}
 NSERVERS=${NSERVERS:-2}
-TOPOLOGY=${TOPOLOGY:-proxy}
+TOPOLOGY=${TOPOLOGY:-mesh}
+LOOPS=${LOOPS:-$(( $(nproc) / NSERVERS > 0 ? $(nproc) / NSERVERS : 1 ))}
 TRANSPORT=${TRANSPORT:-tcp}
 LOGS=${BENCH_LOGS:-.run/bench}
 JSON_OUT=${BENCH_JSON:-bench-report.json}
@@ -219,7 +224,7 @@ else
   # shellcheck disable=SC2086 # SERVER_ARGS and PROXY_ARGS are word lists
   for n in $(seq "$NSERVERS"); do
     start "s$n" "$BIN/chat-server" -id "s$n" -listen 127.0.0.1:0 -peer-listen 127.0.0.1:0 \
-      -redis "$REDIS" -multicore "${extra[@]}" "${metrics[@]}" ${SERVER_ARGS:-}
+      -redis "$REDIS" -loops "$LOOPS" "${extra[@]}" "${metrics[@]}" ${SERVER_ARGS:-}
   done
   clients="" wsaddrs="" peers="" pidlist=""
   for n in $(seq "$NSERVERS"); do
@@ -235,7 +240,7 @@ else
   done
   if [ "$TOPOLOGY" = proxy ]; then
     # shellcheck disable=SC2086
-    start proxy "$BIN/chat-proxy" -servers "$peers" -redis "$REDIS" -multicore "${metrics[@]}" ${PROXY_ARGS:-}
+    start proxy "$BIN/chat-proxy" -servers "$peers" -redis "$REDIS" -loops "$LOOPS" "${metrics[@]}" ${PROXY_ARGS:-}
     wait_log proxy "proxy ready" 15
     # "proxy ready" means the proxy has linked to every server; each server
     # logs its side of the link too.
@@ -247,7 +252,7 @@ else
     # Redis; wait for each link from both ends.
     for n in $(seq "$NSERVERS"); do
       for m in $(seq "$NSERVERS"); do
-        [ "$n" = "$m" ] || wait_log "s$n" "msg=\"mesh link up\" peer=s$m( |\$)" 30
+        [ "$n" = "$m" ] || wait_log "s$n" "msg=\"mesh link up\".* peer=s$m( |\$)" 30
       done
     done
     linked="mesh linked"

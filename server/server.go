@@ -538,8 +538,13 @@ func (s *Server) sweepIdle() {
 }
 
 // retain asks the output watcher to check, now and then, what the client
-// of ss acknowledged (on its loop), until it holds no chat.
-func (s *Server) retain(ss *session) { s.retaining.Store(ss, struct{}{}) }
+// of ss acknowledged (on its loop), until it holds no chat. On ss's loop.
+func (s *Server) retain(ss *session) {
+	if !ss.retained {
+		ss.retained = true
+		s.retaining.Store(ss, struct{}{})
+	}
+}
 
 // retainSweep is how often held chats are checked when no write does it.
 const retainSweep = 500 * time.Millisecond
@@ -579,6 +584,7 @@ func (s *Server) watchOutput() {
 						ss.progress()
 					}
 					if ss.Closed() || ss.heldHead == len(ss.held) {
+						ss.retained = false
 						s.retaining.Delete(ss)
 					}
 				})

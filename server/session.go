@@ -101,6 +101,7 @@ type session struct {
 	held     []heldChat
 	heldHead int
 	sndbuf   int64 // the kernel's send buffer: it never holds more
+	retained bool  // in Server.retaining (retain)
 	pruneAt  int64 // unix nanos of the last acknowledgement check
 
 	// Login and drain state.

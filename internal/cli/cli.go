@@ -18,6 +18,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	_ "net/http/pprof" // served by ServePprof only when asked
 	"os"
@@ -81,9 +82,14 @@ func ServePprof(addr string, log *slog.Logger) {
 	if addr == "" {
 		return
 	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Error("pprof server", "err", err)
+		return
+	}
+	log.Info("pprof listening", "addr", ln.Addr().String())
 	go func() {
-		log.Info("pprof listening", "addr", addr)
-		if err := http.ListenAndServe(addr, nil); err != nil {
+		if err := http.Serve(ln, nil); err != nil {
 			log.Error("pprof server", "err", err)
 		}
 	}()
