@@ -105,6 +105,11 @@ func (s *Server) closeSession(ss *session) {
 	if o := ss.result.Swap(closedMark); o != nil && o != closedMark {
 		s.abandon(o)
 	}
+	for _, d := range ss.deferred {
+		d.c.from = nil // its fate stands; there is no one to tell
+		s.forward(nil, d.c, d.dst)
+	}
+	ss.deferred = nil
 	if len(unsent) > 0 {
 		s.putBack(unsent, "session closed before they were written")
 	}
@@ -211,13 +216,18 @@ func (s *Server) allow(ss *session) bool {
 }
 
 // checkPending closes a session that keeps sending while one of its
-// requests waits on Redis, past MaxPending bytes waiting.
+// requests waits on Redis (or it is paused by a stream's window), past
+// MaxPending bytes waiting.
 func (s *Server) checkPending(l *batch.Loop, ss *session, waiting int) gnet.Action {
 	if waiting <= s.opt.MaxPending {
 		return gnet.None
 	}
 	s.stats.PendingOverflow.Add(1)
-	s.log.Warn("closing client: too much input while waiting on Redis", "user", ss.name, "remote", ss.C.RemoteAddr(), "bytes", waiting)
+	waitingOn := "the routing store"
+	if ss.streamWait {
+		waitingOn = "a stream over its flow-control window"
+	}
+	s.log.Warn("closing client: too much input while its requests wait", "on", waitingOn, "user", ss.name, "remote", ss.C.RemoteAddr(), "bytes", waiting)
 	s.replyErr(l, ss, codec.ErrPendingOverflow, nil)
 	l.Flush()
 	return gnet.Close

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/relaychat/relaychat/codec"
@@ -290,10 +291,21 @@ func (s *Server) forward(l *batch.Loop, c *chat, dst string) {
 		s.fail(l, c, codec.ErrMoving)
 		return
 	}
+	if ss := c.from; ss != nil && ss.streamWait {
+		// Read before its sender was paused, answered by the routing store
+		// since: it goes on its stream when the sender resumes, in order
+		// (resumeSender). A paused session reads nothing, so these are
+		// bounded by its store attempts (maxStoring, MaxPending).
+		d := c.escape()
+		d.detach()
+		d.content = strings.Clone(d.content)
+		ss.deferred = append(ss.deferred, deferredChat{c: d, dst: dst})
+		return
+	}
 	h := frameHead{kind: codec.KindMsg, hops: c.hops, send: c.send, recv: c.recv, id: c.id}
 	m := outMeta{ts: c.ts}
 	if ss := c.from; ss != nil {
-		m.pace = !ss.streamWait
+		m.pace = true
 		// The sender's ack is owed until the frame has reached the kernel
 		// on a link: only then has it left this process. Until then, the
 		// sender's next chats to this recipient follow it.

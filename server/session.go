@@ -73,6 +73,10 @@ type session struct {
 	// streamWait is set while busy because a chat found its stream over
 	// the flow-control window; the stream's acks resume the session.
 	streamWait bool
+	// deferred are chats whose store attempts answered "online on another
+	// server" while the session was paused (streamWait): resumeSender puts
+	// them on their streams before the session reads again.
+	deferred []deferredChat
 	// gone is set when the session is kicked or the server shuts down: it
 	// takes no more requests, and its close releases no route (it belongs
 	// to the newer login, or is released in bulk).
@@ -365,4 +369,11 @@ func (ss *session) cut() []pendingChat {
 	ss.pending, ss.pendingBytes = nil, 0
 	ss.mu.Unlock()
 	return out
+}
+
+// deferredChat is a chat waiting for its paused sender to resume, and the
+// server it goes to.
+type deferredChat struct {
+	c   *chat
+	dst string
 }

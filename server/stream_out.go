@@ -215,7 +215,19 @@ func (s *Server) resumeSender(ss *session) {
 		return
 	}
 	ss.streamWait = false
-	if ss.throttled || ss.Closed() {
+	if ss.Closed() {
+		return
+	}
+	for len(ss.deferred) > 0 && !ss.streamWait {
+		d := ss.deferred[0]
+		ss.deferred[0] = deferredChat{}
+		ss.deferred = ss.deferred[1:]
+		s.forward(nil, d.c, d.dst) // may pause the session again
+	}
+	if len(ss.deferred) == 0 {
+		ss.deferred = nil
+	}
+	if ss.streamWait || ss.throttled {
 		return
 	}
 	ss.busy = false
