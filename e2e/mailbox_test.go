@@ -30,12 +30,18 @@ func TestMailbox(t *testing.T) {
 		expectStoredAck(t, a, "2")
 		// bob logs in on the other server while alice keeps sending: the
 		// stored chats come first, then the live ones, in the order sent.
+		// Chats 3 to 5 race bob's login (stored, or parked for the login
+		// at his server, or live: each is fine, and all fit the mailbox);
+		// the rest are sent once he is in.
 		b := cl.dial(t, 1)
 		b.Send(t, `{"cmd":"login","name":"`+bn+`"}`)
-		for i := 3; i <= 40; i++ {
+		for i := 3; i <= 5; i++ {
 			a.Send(t, chatReq(t, an, bn, fmt.Sprintf("s%d", i), strconv.Itoa(i)))
 		}
 		expectLogin(t, b, bn, "s2")
+		for i := 6; i <= 40; i++ {
+			a.Send(t, chatReq(t, an, bn, fmt.Sprintf("s%d", i), strconv.Itoa(i)))
+		}
 		acks := 0
 		for i := 3; i <= 40; i++ {
 			m := next(t, a)

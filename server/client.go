@@ -326,6 +326,7 @@ func (s *Server) startLogin(ss *session, name string, id []byte) {
 	token := newToken()
 	s.offload(ss, id, func(ctx context.Context) *outcome {
 		defer s.hist.claim.Since(time.Now())
+		s.reg.expect(name) // loginDecided, once the outcome is applied or abandoned
 		prev, hadPrev, err := s.opt.Router.Claim(ctx, name, route.Route{Server: s.opt.ID, Token: token})
 		return &outcome{login: true, name: name, token: token, prev: prev, hadPrev: hadPrev, id: id, err: err}
 	})
@@ -359,6 +360,9 @@ func (s *Server) offload(ss *session, id []byte, fn func(ctx context.Context) *o
 // was applied: a claimed route must not outlive the session, and a chat
 // whose sender left still gets its fate.
 func (s *Server) abandon(o *outcome) {
+	if o.login {
+		defer s.loginDecided(o.name)
+	}
 	switch {
 	case o.login && o.err == nil && !s.closing.Load():
 		s.release(o.name, route.Route{Server: s.opt.ID, Token: o.token})
@@ -371,6 +375,9 @@ func (s *Server) abandon(o *outcome) {
 
 // apply handles a finished off-loop operation on the session's loop.
 func (s *Server) apply(l *batch.Loop, ss *session, o *outcome) {
+	if o.login {
+		defer s.loginDecided(o.name)
+	}
 	switch {
 	case o.chat:
 		s.lookedUp(l, o.c, o.r, o.found, o.err)

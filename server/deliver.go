@@ -155,9 +155,19 @@ func (s *Server) resolve(l *batch.Loop, cs *chat) {
 	line := c.appendLine(nil)
 	req := route.StoreReq{Name: c.recv, Line: line, TS: c.ts, Here: s.opt.ID}
 	var queued bool
-	present := !s.reg.ifAbsent(c.recv, func() {
+	var park *chat
+	if c.in != nil {
+		// From another server: if the recipient is logging in here, the
+		// chat waits for that login (registry.expect).
+		park = c
+	}
+	ran, parked := s.reg.ifAbsent(c.recv, park, func() {
 		queued = s.redis.store(req, func(res route.StoreResult) { s.stored(c, res) })
 	})
+	if parked {
+		return
+	}
+	present := !ran
 	switch {
 	case present && (c.from == nil || c.from.storing[c.recv] == 0):
 		// Logged in here meanwhile: deliver again (the registry has it).

@@ -15,13 +15,26 @@ type registry struct {
 	shards [registryShards]struct {
 		sync.RWMutex
 		m map[string]*session
+		// parkMu guards parked (taken after the shard's lock when both are).
+		parkMu sync.Mutex
+		parked map[string]*parking
 	}
+}
+
+// parking is kept for a name while logins of it are in flight here (their
+// route claims are on their way to Redis): chats for it that came from
+// other servers wait here for the login instead of going to the mailbox,
+// which would refuse them once full although the user is arriving.
+type parking struct {
+	logins int
+	chats  []*chat
 }
 
 func newRegistry() *registry {
 	r := &registry{}
 	for i := range r.shards {
 		r.shards[i].m = make(map[string]*session)
+		r.shards[i].parked = make(map[string]*parking)
 	}
 	return r
 }
@@ -46,30 +59,76 @@ func (r *registry) get(name string) *session {
 // ifAbsent runs fn while holding name's shard, if no session is
 // registered under name, and reports whether it ran. A login registering
 // name waits for fn to finish, so whatever fn queues is queued before
-// anything the login does next.
-func (r *registry) ifAbsent(name string, fn func()) bool {
+// anything the login does next. If park is not nil and a login of name is
+// in flight here, park is kept for that login instead (parked is true):
+// the login takes it (putIfNewer), or unexpect hands it back.
+func (r *registry) ifAbsent(name string, park *chat, fn func()) (ran, parked bool) {
 	sh := &r.shards[hashName(name)%registryShards]
 	sh.RLock()
 	defer sh.RUnlock()
 	if sh.m[name] != nil {
-		return false
+		return false, false
+	}
+	if park != nil {
+		sh.parkMu.Lock()
+		if p := sh.parked[name]; p != nil {
+			p.chats = append(p.chats, park)
+			sh.parkMu.Unlock()
+			return false, true
+		}
+		sh.parkMu.Unlock()
 	}
 	fn()
-	return true
+	return true, false
+}
+
+// expect notes a login of name in flight here (before its claim is sent).
+func (r *registry) expect(name string) {
+	sh := &r.shards[hashName(name)%registryShards]
+	sh.parkMu.Lock()
+	p := sh.parked[name]
+	if p == nil {
+		p = &parking{}
+		sh.parked[name] = p
+	}
+	p.logins++
+	sh.parkMu.Unlock()
+}
+
+// unexpect notes that a login of name was decided (registered, failed or
+// abandoned). When none is left in flight, it returns the chats parked
+// for name that no login took: their fate is to be decided again.
+func (r *registry) unexpect(name string) []*chat {
+	sh := &r.shards[hashName(name)%registryShards]
+	sh.parkMu.Lock()
+	defer sh.parkMu.Unlock()
+	p := sh.parked[name]
+	if p == nil {
+		return nil
+	}
+	if p.logins--; p.logins > 0 {
+		return nil
+	}
+	delete(sh.parked, name)
+	return p.chats
 }
 
 // putIfNewer publishes id as s's login and makes s the session of id.name,
 // unless the session registered there claimed the route over id's token (it
 // is the newer login, and s lost the race). It returns the session it
 // replaced and whether it did.
-func (r *registry) putIfNewer(s *session, id *identity) (old *session, ok bool) {
+//
+// The chats parked for the name go to s's queue first (s is not live yet),
+// before any other chat can find s: queued are to be settled, refused (s
+// closed meanwhile) decided again.
+func (r *registry) putIfNewer(s *session, id *identity) (old *session, ok bool, queued, refused []*chat) {
 	sh := &r.shards[hashName(id.name)%registryShards]
 	sh.Lock()
 	defer sh.Unlock()
 	old = sh.m[id.name]
 	if old != nil && old != s {
 		if oid := old.id.Load(); oid != nil && oid.claimedOver == id.token {
-			return old, false
+			return old, false, nil, nil
 		}
 	}
 	s.id.Store(id)
@@ -77,7 +136,21 @@ func (r *registry) putIfNewer(s *session, id *identity) (old *session, ok bool) 
 	if old == s {
 		old = nil
 	}
-	return old, true
+	sh.parkMu.Lock()
+	var chats []*chat
+	if p := sh.parked[id.name]; p != nil {
+		chats, p.chats = p.chats, nil
+	}
+	sh.parkMu.Unlock()
+	for i, c := range chats {
+		line := append(c.appendLine(make([]byte, 0, 256)), '\n')
+		if q, _ := s.queue(pendingChat{recv: c.recv, ts: c.ts, line: line}); !q {
+			refused = chats[i:]
+			break
+		}
+		queued = append(queued, c)
+	}
+	return old, true, queued, refused
 }
 
 // remove deletes name only while it still maps to s.
