@@ -77,6 +77,10 @@ type engine struct {
 
 	connected atomic.Int64
 	inflight  atomic.Int64 // chats written minus chats delivered (first copy) or rejected
+	// unanswered counts chats written with an id (Ack) and not yet acked
+	// or rejected: an ack may come after the delivery, and the drain
+	// waits for it too.
+	unanswered atomic.Int64
 	// measureStart and measureEnd (ns since base) bound the measured
 	// window; a chat stamped inside it counts for latency, and a delivery
 	// arriving inside it counts for throughput. measureEnd is MaxInt64
@@ -389,6 +393,7 @@ func (e *engine) handle(c *client, line []byte) {
 		}
 		sh.mu.Unlock()
 	case "ack":
+		e.unanswered.Add(-1)
 		e.count(c.local, func(c *Counters) { c.Acked++ })
 	case "error":
 		// Pings and logins never fail, so an error after login rejects
@@ -397,6 +402,9 @@ func (e *engine) handle(c *client, line []byte) {
 		e.errs.add("server error: "+reason, 1)
 		e.count(c.local, func(c *Counters) { c.Rejected++ })
 		e.inflight.Add(-1)
+		if e.o.Ack {
+			e.unanswered.Add(-1)
+		}
 		e.release(c)
 	case "kicked":
 		reason, _ := jsonText(line, keyReason)
@@ -681,6 +689,9 @@ func (e *engine) wrote(c *client, batch []outMsg, n int, err error) {
 			c.pending.Add(-int32(unsent))
 		}
 	}
+	if e.o.Ack {
+		e.unanswered.Add(sent)
+	}
 	sh := e.lockShard(c.local)
 	sh.c.Sent += sent
 	sh.c.SentMeasured += measured
@@ -747,12 +758,12 @@ func (e *engine) pinger() {
 	}
 }
 
-// drain waits until every chat written has been delivered or rejected, or
-// until deadline.
+// drain waits until every chat written has been delivered or rejected (and
+// answered, with acks), or until deadline.
 func (e *engine) drain(deadline time.Time) {
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
-	for e.inflight.Load() > 0 && time.Now().Before(deadline) {
+	for (e.inflight.Load() > 0 || e.unanswered.Load() > 0) && time.Now().Before(deadline) {
 		<-t.C
 	}
 }

@@ -520,6 +520,15 @@ func TestProxyOutageHoldsChats(t *testing.T) {
 	alice.Send(t, `{"cmd":"chat","recv":"bob","content":"warm","id":0}`) // caches bob's route
 	alice.Expect(t, wait, map[string]any{"cmd": "ack", "id": 0})
 	bob.Expect(t, wait, map[string]any{"cmd": "chat", "content": "warm"})
+	// alice's ack came when "warm" reached the kernel; s2's stream ack may
+	// still be on its way: wait for it, so the count below is the held ones.
+	deadline := time.Now().Add(wait)
+	for unacked(c.servers[0], "s2") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("s2 never acknowledged the first chat")
+		}
+		time.Sleep(5 * time.Millisecond) // poll interval
+	}
 
 	c.stopProxy(t)
 	const n = 200
