@@ -136,9 +136,12 @@ func (s *Server) serveClient(l *batch.Loop, ss *session) gnet.Action {
 		ss.lastActive.Store(time.Now().UnixNano())
 	}
 	c := ss.C
-	if ss.busy {
+	if ss.offloading {
 		if o := ss.result.Swap(nil); o != nil {
-			ss.busy = false
+			// Still busy if a stream's window or the store attempts in
+			// flight paused the session meanwhile.
+			ss.offloading = false
+			ss.busy = ss.streamWait || ss.throttled
 			s.apply(l, ss, o)
 		}
 	}
@@ -342,7 +345,7 @@ func (s *Server) offload(ss *session, id []byte, fn func(ctx context.Context) *o
 		batch.Send(&ss.Endpoint, codec.AppendError(nil, string(codec.ErrBusy), id), nil)
 		return
 	}
-	ss.busy = true
+	ss.busy, ss.offloading = true, true
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.opt.RedisTimeout)
 		o := fn(ctx)

@@ -85,6 +85,12 @@ func (s *Server) deliver(l *batch.Loop, c *chat) {
 		s.settled(l, c, false)
 		return
 	}
+	if c.in != nil && s.opt.mailboxOn() && s.reg.expecting(c.recv) {
+		// The recipient is logging in here: the chat waits for that login
+		// (resolve parks it), whatever the route table still says.
+		s.resolve(l, c)
+		return
+	}
 	if c.from != nil {
 		if dst, ok := c.from.follows.to(c.recv); ok {
 			// Earlier chats to this recipient wait on a stream: this one
@@ -152,8 +158,6 @@ func (s *Server) resolve(l *batch.Loop, cs *chat) {
 	}
 	s.stats.CacheMisses.Add(1)
 	c.detach()
-	line := c.appendLine(nil)
-	req := route.StoreReq{Name: c.recv, Line: line, TS: c.ts, Here: s.opt.ID}
 	var queued bool
 	var park *chat
 	if c.in != nil {
@@ -161,9 +165,7 @@ func (s *Server) resolve(l *batch.Loop, cs *chat) {
 		// chat waits for that login (registry.expect).
 		park = c
 	}
-	ran, parked := s.reg.ifAbsent(c.recv, park, func() {
-		queued = s.redis.store(req, func(res route.StoreResult) { s.stored(c, res) })
-	})
+	ran, parked := s.reg.ifAbsent(c.recv, park, func() { queued = s.storeAttempt(c) })
 	if parked {
 		return
 	}
@@ -176,7 +178,7 @@ func (s *Server) resolve(l *batch.Loop, cs *chat) {
 	case present:
 		// Behind earlier chats still on their way to the mailbox: the
 		// recipient reads those first, so this one waits for them too.
-		queued = s.redis.store(req, func(res route.StoreResult) { s.stored(c, res) })
+		queued = s.storeAttempt(c)
 	}
 	if !queued {
 		s.stats.Busy.Add(1)
@@ -192,12 +194,20 @@ func (s *Server) resolve(l *batch.Loop, cs *chat) {
 		}
 		ss.storing[c.recv]++
 		ss.storingN++
-		c.qbytes = len(line)
 		ss.storingBytes += c.qbytes
 		if ss.storingN >= maxStoring || ss.storingBytes >= s.opt.MaxPending {
 			ss.busy, ss.throttled = true, true
 		}
 	}
+}
+
+// storeAttempt queues c's store attempt (see resolve); false: the Redis
+// queue is full. c must be detached.
+func (s *Server) storeAttempt(c *chat) bool {
+	line := c.appendLine(nil)
+	c.qbytes = len(line)
+	req := route.StoreReq{Name: c.recv, Line: line, TS: c.ts, Here: s.opt.ID}
+	return s.redis.store(req, func(res route.StoreResult) { s.stored(c, res) })
 }
 
 // maxStoring bounds a session's store attempts in flight (as MaxPending
@@ -228,7 +238,7 @@ func (s *Server) stored(c *chat, res route.StoreResult) {
 		s.storedResult(nil, c, res)
 		if ss.throttled && ss.storingN < maxStoring/2 && ss.storingBytes < s.opt.MaxPending/2 && !ss.Closed() {
 			ss.throttled = false
-			if !ss.streamWait {
+			if !ss.streamWait && !ss.offloading {
 				ss.busy = false
 				_ = ss.C.Wake(nil)
 			}

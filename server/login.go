@@ -98,24 +98,30 @@ func (s *Server) setLogin(ss *session, o *outcome, claimedOver string) (*session
 	id := &identity{name: o.name, token: o.token, claimedOver: claimedOver}
 	ss.name = o.name
 	ss.phase.Store(phaseWaitKick)
-	old, ok, queued, refused := s.reg.putIfNewer(ss, id)
+	old, ok, queued := s.reg.putIfNewer(ss, id)
 	ss.id.Store(id)
 	s.stats.Sessions.Add(1)
 	for _, c := range queued {
 		s.settled(nil, c, false)
 	}
-	for _, c := range refused {
-		s.deliver(nil, c)
-	}
 	return old, ok
 }
 
 // loginDecided is called once per login claim sent (applied or
-// abandoned): chats parked for the name that no login took are decided
-// again (see registry.expect).
+// abandoned): chats parked for the name that no login took go to store
+// attempts, as they would have without the login (see registry.expect).
 func (s *Server) loginDecided(name string) {
-	for _, c := range s.reg.unexpect(name) {
-		s.deliver(nil, c)
+	busy := s.reg.unexpect(name, func(chats []*chat) (notQueued []*chat) {
+		for i, c := range chats {
+			if !s.storeAttempt(c) {
+				return chats[i:]
+			}
+		}
+		return nil
+	})
+	for _, c := range busy {
+		s.stats.Busy.Add(1)
+		s.fail(nil, c, codec.ErrBusy)
 	}
 }
 

@@ -2,6 +2,7 @@ package server
 
 import (
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/relaychat/relaychat/route"
@@ -12,7 +13,10 @@ const registryShards = 64
 // registry maps a logged-in name to its local session, for every event loop.
 // It is sharded to keep loops from contending on one lock.
 type registry struct {
-	shards [registryShards]struct {
+	// expected counts logins in flight (see parking), so that the hot path
+	// asks a shard only when there are some.
+	expected atomic.Int64
+	shards   [registryShards]struct {
 		sync.RWMutex
 		m map[string]*session
 		// parkMu guards parked (taken after the shard's lock when both are).
@@ -82,8 +86,21 @@ func (r *registry) ifAbsent(name string, park *chat, fn func()) (ran, parked boo
 	return true, false
 }
 
+// expecting reports whether a login of name is in flight here.
+func (r *registry) expecting(name string) bool {
+	if r.expected.Load() == 0 {
+		return false
+	}
+	sh := &r.shards[hashName(name)%registryShards]
+	sh.parkMu.Lock()
+	p := sh.parked[name]
+	sh.parkMu.Unlock()
+	return p != nil
+}
+
 // expect notes a login of name in flight here (before its claim is sent).
 func (r *registry) expect(name string) {
+	r.expected.Add(1)
 	sh := &r.shards[hashName(name)%registryShards]
 	sh.parkMu.Lock()
 	p := sh.parked[name]
@@ -96,21 +113,31 @@ func (r *registry) expect(name string) {
 }
 
 // unexpect notes that a login of name was decided (registered, failed or
-// abandoned). When none is left in flight, it returns the chats parked
-// for name that no login took: their fate is to be decided again.
-func (r *registry) unexpect(name string) []*chat {
+// abandoned). When none is left in flight, the chats parked for name that
+// no login took are handed to store, in order, while name's shard is held
+// (so no later chat for name can overtake them); store returns those it
+// could not queue.
+func (r *registry) unexpect(name string, store func([]*chat) []*chat) []*chat {
+	r.expected.Add(-1)
 	sh := &r.shards[hashName(name)%registryShards]
+	sh.Lock()
+	defer sh.Unlock()
 	sh.parkMu.Lock()
-	defer sh.parkMu.Unlock()
 	p := sh.parked[name]
 	if p == nil {
+		sh.parkMu.Unlock()
 		return nil
 	}
 	if p.logins--; p.logins > 0 {
+		sh.parkMu.Unlock()
 		return nil
 	}
 	delete(sh.parked, name)
-	return p.chats
+	sh.parkMu.Unlock()
+	if len(p.chats) == 0 {
+		return nil
+	}
+	return store(p.chats)
 }
 
 // putIfNewer publishes id as s's login and makes s the session of id.name,
@@ -119,16 +146,16 @@ func (r *registry) unexpect(name string) []*chat {
 // replaced and whether it did.
 //
 // The chats parked for the name go to s's queue first (s is not live yet),
-// before any other chat can find s: queued are to be settled, refused (s
-// closed meanwhile) decided again.
-func (r *registry) putIfNewer(s *session, id *identity) (old *session, ok bool, queued, refused []*chat) {
+// before any other chat can find s; queued are to be settled. Any s does
+// not take (it closed meanwhile) stay parked for unexpect.
+func (r *registry) putIfNewer(s *session, id *identity) (old *session, ok bool, queued []*chat) {
 	sh := &r.shards[hashName(id.name)%registryShards]
 	sh.Lock()
 	defer sh.Unlock()
 	old = sh.m[id.name]
 	if old != nil && old != s {
 		if oid := old.id.Load(); oid != nil && oid.claimedOver == id.token {
-			return old, false, nil, nil
+			return old, false, nil
 		}
 	}
 	s.id.Store(id)
@@ -137,20 +164,22 @@ func (r *registry) putIfNewer(s *session, id *identity) (old *session, ok bool, 
 		old = nil
 	}
 	sh.parkMu.Lock()
-	var chats []*chat
-	if p := sh.parked[id.name]; p != nil {
-		chats, p.chats = p.chats, nil
+	defer sh.parkMu.Unlock()
+	p := sh.parked[id.name]
+	if p == nil {
+		return old, true, nil
 	}
-	sh.parkMu.Unlock()
-	for i, c := range chats {
+	n := 0
+	for _, c := range p.chats {
 		line := append(c.appendLine(make([]byte, 0, 256)), '\n')
 		if q, _ := s.queue(pendingChat{recv: c.recv, ts: c.ts, line: line}); !q {
-			refused = chats[i:]
 			break
 		}
-		queued = append(queued, c)
+		n++
 	}
-	return old, true, queued, refused
+	queued = p.chats[:n:n]
+	p.chats = p.chats[n:]
+	return old, true, queued
 }
 
 // remove deletes name only while it still maps to s.

@@ -37,26 +37,29 @@ func TestRegistryParksChatsForLoginsInFlight(t *testing.T) {
 	// The first login registers: it takes the parked chats, in order.
 	ss := &session{s: srv}
 	ss.phase.Store(phaseWaitKick)
-	_, ok, queued, refused := r.putIfNewer(ss, &identity{name: "bob", token: "t1"})
-	if !ok || len(refused) != 0 || len(queued) != 3 {
-		t.Fatalf("putIfNewer: ok=%v queued=%d refused=%d, want 3 queued", ok, len(queued), len(refused))
+	_, ok, queued := r.putIfNewer(ss, &identity{name: "bob", token: "t1"})
+	if !ok || len(queued) != 3 {
+		t.Fatalf("putIfNewer: ok=%v queued=%d, want 3 queued", ok, len(queued))
 	}
 	for i, c := range queued {
 		if c.seq != uint64(i+2) || ss.pending[i].ts != int64(i+2) {
 			t.Fatalf("queued %d: seq %d ts %d, want %d", i, c.seq, ss.pending[i].ts, i+2)
 		}
 	}
-	if left := r.unexpect("bob"); left != nil {
-		t.Fatalf("one login still in flight, yet %d chats handed back", len(left))
+	noStore := func(chats []*chat) []*chat {
+		t.Fatalf("%d chats handed to store attempts", len(chats))
+		return nil
 	}
+	if !r.expecting("bob") {
+		t.Fatalf("a login of bob is still in flight, yet not expected")
+	}
+	r.unexpect("bob", noStore)
 	// Registered: no parking, no store attempt (the session takes chats).
 	if ran, parked := r.ifAbsent("bob", mk(5), func() {}); ran || parked {
 		t.Fatalf("registered: ran=%v parked=%v", ran, parked)
 	}
-	if left := r.unexpect("bob"); len(left) != 0 {
-		t.Fatalf("handed back %d chats the login took", len(left))
-	}
-	if len(r.shards[hashName("bob")%registryShards].parked) != 0 {
+	r.unexpect("bob", noStore)
+	if len(r.shards[hashName("bob")%registryShards].parked) != 0 || r.expecting("bob") || r.expected.Load() != 0 {
 		t.Fatalf("parking kept after the last login was decided")
 	}
 
@@ -66,8 +69,14 @@ func TestRegistryParksChatsForLoginsInFlight(t *testing.T) {
 	if _, parked := r.ifAbsent("carol", c, func() {}); !parked {
 		t.Fatalf("not parked")
 	}
-	if left := r.unexpect("carol"); len(left) != 1 || left[0] != c {
-		t.Fatalf("handed back %v, want the parked chat", left)
+	var stored []*chat
+	busy := r.unexpect("carol", func(chats []*chat) []*chat {
+		// Called with the shard held: no chat for carol can get past.
+		stored = chats
+		return chats[1:]
+	})
+	if len(stored) != 1 || stored[0] != c || len(busy) != 0 {
+		t.Fatalf("store attempts for %v (returned %v), want the parked chat", stored, busy)
 	}
 
 	// A session that closed before registering refuses them: decided again.
@@ -76,7 +85,12 @@ func TestRegistryParksChatsForLoginsInFlight(t *testing.T) {
 	r.ifAbsent("dave", d, func() {})
 	closed := &session{s: srv}
 	closed.phase.Store(phaseClosed)
-	if _, _, q, ref := r.putIfNewer(closed, &identity{name: "dave", token: "t"}); len(q) != 0 || len(ref) != 1 || ref[0] != d {
-		t.Fatalf("closed session: queued %d refused %v", len(q), ref)
+	if _, _, q := r.putIfNewer(closed, &identity{name: "dave", token: "t"}); len(q) != 0 {
+		t.Fatalf("closed session took %d chats", len(q))
+	}
+	stored = nil
+	r.unexpect("dave", func(chats []*chat) []*chat { stored = chats; return nil })
+	if len(stored) != 1 || stored[0] != d {
+		t.Fatalf("a closed session's parked chats: store attempts for %v, want the parked chat", stored)
 	}
 }

@@ -58,6 +58,9 @@ type session struct {
 	// after it stay in gnet's inbound buffer until the result is applied,
 	// so requests are handled in the order they came.
 	busy bool
+	// offloading is set while an offloaded request's result is awaited (it
+	// keeps the session busy whatever else resumes it).
+	offloading bool
 	// result is where the off-loop worker leaves its outcome before waking
 	// the connection.
 	result atomic.Pointer[outcome]

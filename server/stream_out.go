@@ -227,7 +227,7 @@ func (s *Server) resumeSender(ss *session) {
 	if len(ss.deferred) == 0 {
 		ss.deferred = nil
 	}
-	if ss.streamWait || ss.throttled {
+	if ss.streamWait || ss.throttled || ss.offloading {
 		return
 	}
 	ss.busy = false
