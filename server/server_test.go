@@ -182,9 +182,13 @@ func TestOrderUnderForcedMisses(t *testing.T) {
 		}
 		acked[int(id)] = true
 	}
-	if m := c.servers[0].Stats().CacheMisses.Load(); m < n {
-		t.Fatalf("only %d cache misses: the test did not force lookups off the loop", m)
+	// Not every chat to bob misses: while an earlier one is on its stream
+	// unconfirmed, later ones follow it without a lookup (follow.go).
+	m := c.servers[0].Stats().CacheMisses.Load()
+	if m == 0 {
+		t.Fatalf("no cache misses: the test did not force lookups off the loop")
 	}
+	t.Logf("%d of %d chats to bob were looked up off the loop; the rest followed unconfirmed ones", m, n)
 }
 
 // TestConcurrentSameNameLogins races two logins of one name on one server:
