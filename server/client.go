@@ -141,7 +141,7 @@ func (s *Server) serveClient(l *batch.Loop, ss *session) gnet.Action {
 			// Still busy if a stream's window or the store attempts in
 			// flight paused the session meanwhile.
 			ss.offloading = false
-			ss.busy = ss.streamWait || ss.throttled
+			ss.busy = ss.streamWait || ss.throttled || ss.followWait
 			s.apply(l, ss, o)
 		}
 	}

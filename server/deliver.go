@@ -79,9 +79,19 @@ func (s *Server) deliver(l *batch.Loop, c *chat) {
 		s.resolve(l, c)
 		return
 	}
+	if c.from != nil {
+		if dst, ok := c.from.follows.to(c.recv); ok {
+			// Earlier chats to this recipient are unsettled on a stream.
+			// This one follows them (follow.go); or, if the recipient has
+			// logged in here since, waits for them to settle: written here
+			// now, it would overtake them.
+			if s.reg.get(c.recv) == nil || !s.waitBehind(c) {
+				s.forward(l, c, dst)
+			}
+			return
+		}
+	}
 	if dst := s.reg.get(c.recv); dst != nil && s.toSession(l, dst, c) {
-		// (A session here is the recipient's newest login: it wins over
-		// chats still on their way to an older one elsewhere.)
 		s.settled(l, c, false)
 		return
 	}
@@ -90,14 +100,6 @@ func (s *Server) deliver(l *batch.Loop, c *chat) {
 		// (resolve parks it), whatever the route table still says.
 		s.resolve(l, c)
 		return
-	}
-	if c.from != nil {
-		if dst, ok := c.from.follows.to(c.recv); ok {
-			// Earlier chats to this recipient wait on a stream: this one
-			// follows them (follow.go).
-			s.forward(l, c, dst)
-			return
-		}
 	}
 	if r, _, hit := s.opt.Router.CachedLookup(c.recv); hit && r.Server != s.opt.ID {
 		s.forward(l, c, r.Server)
@@ -111,6 +113,57 @@ func (s *Server) deliver(l *batch.Loop, c *chat) {
 	// more): a store attempt keeps the chat if the recipient is offline,
 	// or says where they are (and loads their route into the table).
 	s.resolve(l, c)
+}
+
+// waitBehind holds c, a chat read from its sender, whose recipient has
+// logged in here while the sender's earlier chats to them are unsettled
+// on a stream: it is delivered once they are (they come back here, go to
+// the mailbox, or fail), and the sender is not read meanwhile (at most
+// -hold-age). False: c cannot wait (the session already holds one).
+func (s *Server) waitBehind(c *chat) bool {
+	ss := c.from
+	if ss.followWait {
+		return false
+	}
+	if !ss.follows.waitOn(c.recv, func() { ss.Loop.Post(func() { s.resumeBehind(ss) }) }) {
+		// Settled meanwhile: nothing to wait for.
+		return s.deliverNow(c)
+	}
+	// (The notice is posted to this loop: it runs after this callback.)
+	d := c.escape()
+	d.detach()
+	d.content = strings.Clone(d.content)
+	ss.behind, ss.followWait, ss.busy = d, true, true
+	return true
+}
+
+// deliverNow delivers c by the rules after the follow check; true.
+func (s *Server) deliverNow(c *chat) bool {
+	if dst := s.reg.get(c.recv); dst != nil && s.toSession(nil, dst, c) {
+		s.settled(nil, c, false)
+		return true
+	}
+	s.resolve(nil, c)
+	return true
+}
+
+// resumeBehind delivers the chat that waited behind its pair's earlier
+// ones, and reads its sender again (on the sender's loop).
+func (s *Server) resumeBehind(ss *session) {
+	d := ss.behind
+	ss.behind, ss.followWait = nil, false
+	if d == nil {
+		return
+	}
+	if ss.Closed() {
+		d.from = nil
+	}
+	s.deliver(nil, d)
+	if ss.Closed() || ss.followWait || ss.streamWait || ss.throttled || ss.offloading {
+		return
+	}
+	ss.busy = false
+	_ = ss.C.Wake(nil)
 }
 
 // toSession hands c to dst; false means dst has closed meanwhile.
@@ -238,7 +291,7 @@ func (s *Server) stored(c *chat, res route.StoreResult) {
 		s.storedResult(nil, c, res)
 		if ss.throttled && ss.storingN < maxStoring/2 && ss.storingBytes < s.opt.MaxPending/2 && !ss.Closed() {
 			ss.throttled = false
-			if !ss.streamWait && !ss.offloading {
+			if !ss.streamWait && !ss.offloading && !ss.followWait {
 				ss.busy = false
 				_ = ss.C.Wake(nil)
 			}

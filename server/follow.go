@@ -48,6 +48,8 @@ type follow struct {
 	dst    string // the server whose stream they are on
 	chats  int
 	parent *follows
+	// notify, when set, is called once chats drops to 0 (see waitOn).
+	notify func()
 }
 
 // to returns the server the session's unsettled chats to recv are on.
@@ -61,6 +63,22 @@ func (f *follows) to(recv string) (string, bool) {
 		return fw.dst, true
 	}
 	return "", false
+}
+
+// waitOn arranges for notify to be called once the session's unsettled
+// chats to recv are all settled, and reports whether there are any (false:
+// nothing to wait for, notify is not kept).
+func (f *follows) waitOn(recv string, notify func()) bool {
+	if f.active.Load() == 0 {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if fw := f.m[recv]; fw != nil && fw.chats > 0 && fw.notify == nil {
+		fw.notify = notify
+		return true
+	}
+	return false
 }
 
 // add counts one more chat to recv put on the stream to dst and returns
@@ -98,6 +116,10 @@ func (fw *follow) done() {
 	defer f.mu.Unlock()
 	if fw.chats--; fw.chats > 0 {
 		return
+	}
+	if n := fw.notify; n != nil {
+		fw.notify = nil
+		defer n() // after the unlock (deferred calls run last first)
 	}
 	f.active.Add(-1)
 	if f.idle++; f.idle > maxIdleFollows {

@@ -831,3 +831,48 @@ func TestDeadServerRoutesSwept(t *testing.T) {
 	}
 	t.Logf("2 routes of a server without heartbeat deleted %v after they were written (grace %v)", took.Round(time.Millisecond), grace)
 }
+
+// TestChatWaitsBehindHeldOnes: bob logs in on alice's server while
+// alice's earlier chats to him are held on the stream to his old server
+// (no path). alice's next chat must not overtake them: it waits (alice is
+// not read meanwhile) until they are settled (they expire, and come back
+// here), then follows them, in order.
+func TestChatWaitsBehindHeldOnes(t *testing.T) {
+	c := startCluster(t, 2, false, func(o *server.Options) {
+		o.MaxHoldAge = 500 * time.Millisecond
+		o.KickWait = 200 * time.Millisecond
+	})
+	alice := c.login(t, 0, "alice")
+	bob := c.login(t, 1, "bob")
+	alice.Send(t, `{"cmd":"chat","recv":"bob","content":"warm","id":0}`)
+	alice.Expect(t, wait, map[string]any{"cmd": "ack", "id": 0})
+	bob.Expect(t, wait, map[string]any{"cmd": "chat", "content": "warm"})
+
+	c.stopProxy(t)
+	const held = 4
+	for i := 1; i <= held; i++ {
+		alice.Send(t, fmt.Sprintf(`{"cmd":"chat","recv":"bob","content":"h%d","id":%d}`, i, i))
+	}
+	// bob logs in again, on alice's server; his old session on s2 is out
+	// of reach (its kick waits for a path; the new login goes on after
+	// KickWait).
+	bob2 := c.login(t, 0, "bob")
+	alice.Send(t, `{"cmd":"chat","recv":"bob","content":"after","id":"after"}`)
+	for i := 1; i <= held; i++ {
+		m := bob2.ReadJSON(t, wait)
+		if m["cmd"] != "chat" || m["content"] != fmt.Sprintf("h%d", i) {
+			t.Fatalf("bob's new session: got %v, want h%d (held chats first, in order)", m, i)
+		}
+	}
+	if m := bob2.ReadJSON(t, wait); m["cmd"] != "chat" || m["content"] != "after" {
+		t.Fatalf("bob's new session: got %v, want the later chat", m)
+	}
+	acked := map[string]bool{}
+	for len(acked) < held+1 {
+		m := alice.ReadJSON(t, wait)
+		if m["cmd"] != "ack" {
+			t.Fatalf("alice got %v, want acks", m)
+		}
+		acked[fmt.Sprint(m["id"])] = true
+	}
+}

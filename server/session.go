@@ -80,6 +80,12 @@ type session struct {
 	// server" while the session was paused (streamWait): resumeSender puts
 	// them on their streams before the session reads again.
 	deferred []deferredChat
+	// behind is a chat to a recipient who logged in here while the
+	// session's earlier chats to them were still unsettled on a stream:
+	// written now, it would overtake them. followWait keeps the session
+	// busy until they settle (resumeBehind).
+	behind     *chat
+	followWait bool
 	// gone is set when the session is kicked or the server shuts down: it
 	// takes no more requests, and its close releases no route (it belongs
 	// to the newer login, or is released in bulk).

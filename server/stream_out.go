@@ -227,7 +227,7 @@ func (s *Server) resumeSender(ss *session) {
 	if len(ss.deferred) == 0 {
 		ss.deferred = nil
 	}
-	if ss.streamWait || ss.throttled || ss.offloading {
+	if ss.streamWait || ss.throttled || ss.offloading || ss.followWait {
 		return
 	}
 	ss.busy = false
