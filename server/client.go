@@ -138,10 +138,7 @@ func (s *Server) serveClient(l *batch.Loop, ss *session) gnet.Action {
 	c := ss.C
 	if ss.offloading {
 		if o := ss.result.Swap(nil); o != nil {
-			// Still busy if a stream's window or the store attempts in
-			// flight paused the session meanwhile.
 			ss.offloading = false
-			ss.busy = ss.streamWait || ss.throttled || ss.followWait
 			s.apply(l, ss, o)
 		}
 	}
@@ -153,13 +150,13 @@ func (s *Server) serveClient(l *batch.Loop, ss *session) gnet.Action {
 		batch.Consume(c, c.InboundBuffered())
 		return gnet.None
 	}
-	if ss.busy {
+	if ss.busy() {
 		return s.checkPending(l, ss, c.InboundBuffered())
 	}
 	buf, _ := c.Peek(-1)
 	consumed, act := s.serveLines(l, ss, buf)
 	batch.Consume(c, consumed)
-	if act == gnet.None && ss.busy {
+	if act == gnet.None && ss.busy() {
 		return s.checkPending(l, ss, c.InboundBuffered())
 	}
 	return act
@@ -169,7 +166,7 @@ func (s *Server) serveClient(l *batch.Loop, ss *session) gnet.Action {
 // one has to wait on Redis (ss.busy), and returns how many bytes it used.
 func (s *Server) serveLines(l *batch.Loop, ss *session, buf []byte) (int, gnet.Action) {
 	consumed := 0
-	for consumed < len(buf) && !ss.busy && !ss.gone.Load() {
+	for consumed < len(buf) && !ss.busy() && !ss.gone.Load() {
 		line, n, err := codec.NextLine(buf[consumed:], s.opt.MaxLine)
 		if err != nil {
 			s.stats.LineTooLong.Add(1)
@@ -345,7 +342,7 @@ func (s *Server) offload(ss *session, id []byte, fn func(ctx context.Context) *o
 		batch.Send(&ss.Endpoint, codec.AppendError(nil, string(codec.ErrBusy), id), nil)
 		return
 	}
-	ss.busy, ss.offloading = true, true
+	ss.offloading = true
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.opt.RedisTimeout)
 		o := fn(ctx)

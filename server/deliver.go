@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"strings"
 	"time"
 
 	"github.com/relaychat/relaychat/codec"
@@ -49,22 +48,20 @@ func (c *chat) appendLine(dst []byte) []byte {
 	return b[:len(b)-1]
 }
 
-// escape returns a heap copy of c for the paths that keep it past the
-// call (callbacks, queues), so the hot paths can keep c on the stack.
-func (c *chat) escape() *chat {
+// keep returns a heap copy of c for the paths that keep it past the call
+// (callbacks, queues), so the hot paths can keep c on the stack, with its
+// own copies of what aliases a loop's buffers. (content does not: sonic's
+// Unmarshal decodes from its own copy of the line.)
+func (c *chat) keep() *chat {
 	h := new(chat)
 	*h = *c
+	if h.payload != nil {
+		h.payload = append([]byte(nil), h.payload...)
+	}
+	if h.id != nil {
+		h.id = append([]byte(nil), h.id...)
+	}
 	return h
-}
-
-// detach copies what aliases a loop's buffers, before the chat leaves it.
-func (c *chat) detach() {
-	if c.payload != nil {
-		c.payload = append([]byte(nil), c.payload...)
-	}
-	if c.id != nil {
-		c.id = append([]byte(nil), c.id...)
-	}
 }
 
 // deliver decides the chat's fate: write it to a local session, queue it
@@ -85,10 +82,14 @@ func (s *Server) deliver(l *batch.Loop, c *chat) {
 			// This one follows them (follow.go); or, if the recipient has
 			// logged in here since, waits for them to settle: written here
 			// now, it would overtake them.
-			if s.reg.get(c.recv) == nil || !s.waitBehind(c) {
+			if s.reg.get(c.recv) == nil || c.from.followWait {
 				s.forward(l, c, dst)
+				return
 			}
-			return
+			if s.waitBehind(c) {
+				return
+			}
+			// Settled meanwhile: on to the session here.
 		}
 	}
 	if dst := s.reg.get(c.recv); dst != nil && s.toSession(l, dst, c) {
@@ -119,31 +120,14 @@ func (s *Server) deliver(l *batch.Loop, c *chat) {
 // logged in here while the sender's earlier chats to them are unsettled
 // on a stream: it is delivered once they are (they come back here, go to
 // the mailbox, or fail), and the sender is not read meanwhile (at most
-// -hold-age). False: c cannot wait (the session already holds one).
+// -hold-age). False: they are settled already, nothing to wait for.
 func (s *Server) waitBehind(c *chat) bool {
 	ss := c.from
-	if ss.followWait {
+	if !ss.follows.waitOn(c.recv, func() { ss.Loop.Post(func() { s.resumeBehind(ss) }) }) {
 		return false
 	}
-	if !ss.follows.waitOn(c.recv, func() { ss.Loop.Post(func() { s.resumeBehind(ss) }) }) {
-		// Settled meanwhile: nothing to wait for.
-		return s.deliverNow(c)
-	}
 	// (The notice is posted to this loop: it runs after this callback.)
-	d := c.escape()
-	d.detach()
-	d.content = strings.Clone(d.content)
-	ss.behind, ss.followWait, ss.busy = d, true, true
-	return true
-}
-
-// deliverNow delivers c by the rules after the follow check; true.
-func (s *Server) deliverNow(c *chat) bool {
-	if dst := s.reg.get(c.recv); dst != nil && s.toSession(nil, dst, c) {
-		s.settled(nil, c, false)
-		return true
-	}
-	s.resolve(nil, c)
+	ss.behind, ss.followWait = c.keep(), true
 	return true
 }
 
@@ -159,11 +143,7 @@ func (s *Server) resumeBehind(ss *session) {
 		d.from = nil
 	}
 	s.deliver(nil, d)
-	if ss.Closed() || ss.followWait || ss.streamWait || ss.throttled || ss.offloading {
-		return
-	}
-	ss.busy = false
-	_ = ss.C.Wake(nil)
+	ss.wakeIfFree()
 }
 
 // toSession hands c to dst; false means dst has closed meanwhile.
@@ -197,9 +177,8 @@ func (s *Server) toSession(l *batch.Loop, dst *session, c *chat) bool {
 // that registers the name afterwards drains the mailbox only after this
 // store. With the mailbox off it is a lookup.
 func (s *Server) resolve(l *batch.Loop, cs *chat) {
-	c := cs.escape() // cs stays on the caller's stack
+	c := cs.keep() // cs stays on the caller's stack
 	if !s.opt.mailboxOn() {
-		c.detach()
 		if !s.redis.call(func(ctx context.Context) {
 			r, found, err := s.opt.Router.FreshLookup(ctx, c.recv)
 			s.lookedUp(nil, c, r, found, err)
@@ -210,7 +189,6 @@ func (s *Server) resolve(l *batch.Loop, cs *chat) {
 		return
 	}
 	s.stats.CacheMisses.Add(1)
-	c.detach()
 	var queued bool
 	var park *chat
 	if c.in != nil {
@@ -249,7 +227,7 @@ func (s *Server) resolve(l *batch.Loop, cs *chat) {
 		ss.storingN++
 		ss.storingBytes += c.qbytes
 		if ss.storingN >= maxStoring || ss.storingBytes >= s.opt.MaxPending {
-			ss.busy, ss.throttled = true, true
+			ss.throttled = true
 		}
 	}
 }
@@ -291,10 +269,7 @@ func (s *Server) stored(c *chat, res route.StoreResult) {
 		s.storedResult(nil, c, res)
 		if ss.throttled && ss.storingN < maxStoring/2 && ss.storingBytes < s.opt.MaxPending/2 && !ss.Closed() {
 			ss.throttled = false
-			if !ss.streamWait && !ss.offloading && !ss.followWait {
-				ss.busy = false
-				_ = ss.C.Wake(nil)
-			}
+			ss.wakeIfFree()
 		}
 	})
 }
@@ -323,8 +298,7 @@ func (s *Server) storedResult(l *batch.Loop, c *chat, res route.StoreResult) {
 // sender waits busy, so its later chats keep their order).
 func (s *Server) lookupFor(l *batch.Loop, cs *chat) {
 	s.stats.CacheMisses.Add(1)
-	c := cs.escape() // cs stays on the caller's stack
-	c.detach()
+	c := cs.keep() // cs stays on the caller's stack
 	s.offload(c.from, c.id, func(ctx context.Context) *outcome {
 		r, found, err := s.opt.Router.Lookup(ctx, c.recv)
 		return &outcome{chat: true, c: c, r: r, found: found, err: err}
@@ -369,10 +343,7 @@ func (s *Server) forward(l *batch.Loop, c *chat, dst string) {
 		// since: it goes on its stream when the sender resumes, in order
 		// (resumeSender). A paused session reads nothing, so these are
 		// bounded by its store attempts (maxStoring, MaxPending).
-		d := c.escape()
-		d.detach()
-		d.content = strings.Clone(d.content)
-		ss.deferred = append(ss.deferred, deferredChat{c: d, dst: dst})
+		ss.deferred = append(ss.deferred, deferredChat{c: c.keep(), dst: dst})
 		return
 	}
 	h := frameHead{kind: codec.KindMsg, hops: c.hops, send: c.send, recv: c.recv, id: c.id}
@@ -392,7 +363,7 @@ func (s *Server) forward(l *batch.Loop, c *chat, dst string) {
 	if pause {
 		// The stream is over its window: read no more of this client
 		// until the receiving side catches up (resumeSender).
-		c.from.streamWait, c.from.busy = true, true
+		c.from.streamWait = true
 		s.stats.StreamPaused.Add(1)
 	}
 	if err != nil {

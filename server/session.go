@@ -54,27 +54,30 @@ type session struct {
 	// a phase that queues into pending), read anywhere.
 	phase atomic.Int32
 
-	// busy is set while a request waits on Redis off the loop; the lines
-	// after it stay in gnet's inbound buffer until the result is applied,
-	// so requests are handled in the order they came.
-	busy bool
-	// offloading is set while an offloaded request's result is awaited (it
-	// keeps the session busy whatever else resumes it).
+	// The session is busy (see busy) while one of the four below is set:
+	// the lines after the request that set it stay in gnet's inbound
+	// buffer, so requests are handled in the order they came. Each is
+	// cleared by its own event, which then wakes the session if none is
+	// left set (wakeIfFree).
+	//
+	// offloading is set while an offloaded request's result (a login
+	// claim, a lookup) is awaited.
 	offloading bool
 	// result is where the off-loop worker leaves its outcome before waking
 	// the connection.
 	result atomic.Pointer[outcome]
 	// storing counts, per recipient, this session's chats on their way to
 	// a mailbox (store attempts in the Redis queue); storingN sums it, and
-	// throttled is set while busy because it reached maxStoring.
+	// throttled is set while it has maxStoring (or MaxPending bytes) in
+	// flight, until half have come back.
 	storing      map[string]int
 	storingN     int
 	storingBytes int
 	throttled    bool
 	// follows tracks this session's chats waiting on streams (follow.go).
 	follows follows
-	// streamWait is set while busy because a chat found its stream over
-	// the flow-control window; the stream's acks resume the session.
+	// streamWait is set while a chat found its stream over the
+	// flow-control window; the stream's acks resume the session.
 	streamWait bool
 	// deferred are chats whose store attempts answered "online on another
 	// server" while the session was paused (streamWait): resumeSender puts
@@ -82,8 +85,8 @@ type session struct {
 	deferred []deferredChat
 	// behind is a chat to a recipient who logged in here while the
 	// session's earlier chats to them were still unsettled on a stream:
-	// written now, it would overtake them. followWait keeps the session
-	// busy until they settle (resumeBehind).
+	// written now, it would overtake them. followWait is set until they
+	// settle (resumeBehind).
 	behind     *chat
 	followWait bool
 	// gone is set when the session is kicked or the server shuts down: it
@@ -178,6 +181,19 @@ type outcome struct {
 }
 
 // live reports whether chats may be written to the session directly.
+// busy reports whether the session's input waits (see offloading).
+func (ss *session) busy() bool {
+	return ss.offloading || ss.throttled || ss.streamWait || ss.followWait
+}
+
+// wakeIfFree has the session's waiting input served once nothing keeps
+// it busy any more (on its loop).
+func (ss *session) wakeIfFree() {
+	if !ss.busy() && !ss.Closed() {
+		_ = ss.C.Wake(nil)
+	}
+}
+
 func (ss *session) live() bool { return ss.phase.Load() == phaseLive }
 
 // queue keeps a chat for a session that is not live yet; false means it is

@@ -227,11 +227,7 @@ func (s *Server) resumeSender(ss *session) {
 	if len(ss.deferred) == 0 {
 		ss.deferred = nil
 	}
-	if ss.streamWait || ss.throttled || ss.offloading || ss.followWait {
-		return
-	}
-	ss.busy = false
-	_ = ss.C.Wake(nil)
+	ss.wakeIfFree()
 }
 
 // schedule returns the path to post a flush to, if one is needed; o.mu held.

@@ -100,7 +100,7 @@ func (s *Server) serveWS(l *batch.Loop, ss *session) gnet.Action {
 	}
 frames:
 	batch.Consume(c, consumed)
-	if act == gnet.None && !ss.gone.Load() && !ss.busy && len(w.lines) > 0 {
+	if act == gnet.None && !ss.gone.Load() && !ss.busy() && len(w.lines) > 0 {
 		n, a := s.serveLines(l, ss, w.lines)
 		w.lines = w.lines[:copy(w.lines, w.lines[n:])]
 		act = a
@@ -113,7 +113,7 @@ frames:
 		_, _ = c.Write(w.ctrl)
 		w.ctrl = w.ctrl[:0]
 	}
-	if act == gnet.None && ss.busy {
+	if act == gnet.None && ss.busy() {
 		return s.checkPending(l, ss, len(w.lines)+c.InboundBuffered())
 	}
 	return act
