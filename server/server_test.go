@@ -146,6 +146,27 @@ func (c *cluster) login(t *testing.T, i int, name string) *testenv.Client {
 	return cl
 }
 
+// warmPair logs alice in on the first server and bob on the second, and
+// has a first chat from alice reach bob and be settled: s1's route table
+// knows bob, and nothing is left unacknowledged on the stream to s2
+// (alice's ack comes when the chat reaches the kernel; s2's stream ack
+// may come later).
+func (c *cluster) warmPair(t *testing.T) (alice, bob *testenv.Client) {
+	t.Helper()
+	alice, bob = c.login(t, 0, "alice"), c.login(t, 1, "bob")
+	alice.Send(t, `{"cmd":"chat","recv":"bob","content":"warm","id":0}`)
+	alice.Expect(t, wait, map[string]any{"cmd": "ack", "id": 0})
+	bob.Expect(t, wait, map[string]any{"cmd": "chat", "content": "warm"})
+	deadline := time.Now().Add(wait)
+	for unacked(c.servers[0], "s2") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("s2 never acknowledged the first chat")
+		}
+		time.Sleep(5 * time.Millisecond) // poll interval
+	}
+	return alice, bob
+}
+
 // TestOrderUnderForcedMisses turns the route cache off, so every chat to a
 // user on the other server is decided off the event loop (a store attempt
 // that answers where the user is), and checks that 1,000 such chats,
@@ -518,21 +539,8 @@ func TestRedisOutage(t *testing.T) {
 // same-server chat never stops.
 func TestProxyOutageHoldsChats(t *testing.T) {
 	c := startCluster(t, 2, false, nil)
-	alice := c.login(t, 0, "alice")
 	carol := c.login(t, 0, "carol")
-	bob := c.login(t, 1, "bob")
-	alice.Send(t, `{"cmd":"chat","recv":"bob","content":"warm","id":0}`) // caches bob's route
-	alice.Expect(t, wait, map[string]any{"cmd": "ack", "id": 0})
-	bob.Expect(t, wait, map[string]any{"cmd": "chat", "content": "warm"})
-	// alice's ack came when "warm" reached the kernel; s2's stream ack may
-	// still be on its way: wait for it, so the count below is the held ones.
-	deadline := time.Now().Add(wait)
-	for unacked(c.servers[0], "s2") != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("s2 never acknowledged the first chat")
-		}
-		time.Sleep(5 * time.Millisecond) // poll interval
-	}
+	alice, bob := c.warmPair(t)
 
 	c.stopProxy(t)
 	const n = 200
@@ -842,11 +850,7 @@ func TestChatWaitsBehindHeldOnes(t *testing.T) {
 		o.MaxHoldAge = 500 * time.Millisecond
 		o.KickWait = 200 * time.Millisecond
 	})
-	alice := c.login(t, 0, "alice")
-	bob := c.login(t, 1, "bob")
-	alice.Send(t, `{"cmd":"chat","recv":"bob","content":"warm","id":0}`)
-	alice.Expect(t, wait, map[string]any{"cmd": "ack", "id": 0})
-	bob.Expect(t, wait, map[string]any{"cmd": "chat", "content": "warm"})
+	alice, _ := c.warmPair(t)
 
 	c.stopProxy(t)
 	const held = 4
