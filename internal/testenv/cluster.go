@@ -49,9 +49,8 @@ type ClusterNode struct {
 	busPort int
 	dir     string
 	out     *tailBuffer
-	cmd     *exec.Cmd
-	done    chan struct{}
 	paused  bool
+	redisServer
 }
 
 // RedisClusterProc is a private Redis Cluster on loopback: masters with
@@ -197,7 +196,7 @@ func (c *RedisClusterProc) create() error {
 // start launches the node and waits until it answers PING.
 func (n *ClusterNode) start() error {
 	c := n.cl
-	cmd := exec.Command(c.bin,
+	args := []string{
 		"--port", strconv.Itoa(n.port),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -217,38 +216,9 @@ func (n *ClusterNode) start() error {
 		// for the replica's first REPLCONF ACK, up to a second, before it
 		// streams writes, and a master killed meanwhile loses them.
 		"--repl-diskless-sync", "no",
-	)
-	cmd.Stdout = n.out
-	cmd.Stderr = n.out
-	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Start(); err != nil {
-		return err
 	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(done)
-	}()
-	n.cmd, n.done, n.paused = cmd, done, false
-	deadline := time.Now().Add(redisReadyTimeout)
-	for {
-		if ping(n.Addr) == nil {
-			return nil
-		}
-		select {
-		case <-done:
-			return fmt.Errorf("exited before answering PING: %v", cmd.ProcessState)
-		default:
-		}
-		if time.Now().After(deadline) {
-			n.Kill()
-			return fmt.Errorf("no PONG within %v", redisReadyTimeout)
-		}
-		select { // poll interval: the loop re-checks the condition
-		case <-done:
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	n.paused = false
+	return n.launch(c.bin, args, n.out, func() error { return ping(n.Addr) }, 10*time.Millisecond)
 }
 
 func yesNo(b bool) string {
@@ -266,29 +236,17 @@ func tail(s string, n int) string {
 }
 
 // Running reports whether the node's process has not exited (it may be
+
+// Running reports whether the node's process has not exited (it may be
 // paused).
-func (n *ClusterNode) Running() bool {
-	if n.cmd == nil {
-		return false
-	}
-	select {
-	case <-n.done:
-		return false
-	default:
-		return true
-	}
-}
+func (n *ClusterNode) Running() bool { return n.running() }
 
 // Up reports whether the node runs and is not paused.
 func (n *ClusterNode) Up() bool { return n.Running() && !n.paused }
 
 // Kill sends SIGKILL and waits for the process to exit.
 func (n *ClusterNode) Kill() {
-	if !n.Running() {
-		return
-	}
-	_ = n.cmd.Process.Kill()
-	<-n.done
+	n.kill()
 	n.paused = false
 }
 
@@ -323,18 +281,8 @@ func (n *ClusterNode) Restart(t testing.TB) {
 }
 
 func (n *ClusterNode) stop() {
-	if !n.Running() {
-		return
-	}
-	if n.paused {
-		_ = n.cmd.Process.Signal(syscall.SIGCONT)
-	}
-	_ = n.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-n.done:
-	case <-time.After(5 * time.Second):
-		n.Kill()
-	}
+	n.term(5 * time.Second)
+	n.paused = false
 }
 
 // Do runs one command on this node.

@@ -3,6 +3,7 @@ package testenv
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"os/exec"
 	"strconv"
@@ -27,8 +28,90 @@ type RedisProc struct {
 	dir string
 	out *tailBuffer
 
+	redisServer
+}
+
+// redisServer is one redis-server process of a test (Redis, RedisWith,
+// the nodes of RedisCluster).
+type redisServer struct {
 	cmd  *exec.Cmd
 	done chan struct{} // closed once cmd has exited and its output is drained
+}
+
+// launch starts bin with args, its output to out, and waits until ready
+// answers nil (polled every interval), killing it past redisReadyTimeout.
+func (p *redisServer) launch(bin string, args []string, out io.Writer, ready func() error, interval time.Duration) error {
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout = out
+	cmd.Stderr = out
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	p.cmd, p.done = cmd, done
+	deadline := time.Now().Add(redisReadyTimeout)
+	for {
+		err := ready()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-done:
+			return fmt.Errorf("exited before answering PING: %v", cmd.ProcessState)
+		default:
+		}
+		if time.Now().After(deadline) {
+			p.kill()
+			return fmt.Errorf("no PONG within %v (last: %v)", redisReadyTimeout, err)
+		}
+		select { // poll interval: the loop re-checks the condition
+		case <-done:
+		case <-time.After(interval):
+		}
+	}
+}
+
+// running reports whether the current process has not exited (it may be
+// stopped by SIGSTOP).
+func (p *redisServer) running() bool {
+	if p.cmd == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// kill sends SIGKILL, like a crash, and waits for the process to exit.
+func (p *redisServer) kill() {
+	if !p.running() {
+		return
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// term continues the process if it was stopped, sends SIGTERM, and kills
+// it if it has not exited after grace.
+func (p *redisServer) term(grace time.Duration) {
+	if !p.running() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGCONT)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		p.kill()
+	}
 }
 
 // Redis starts a private redis-server on a free loopback port, without
@@ -67,7 +150,7 @@ func Redis(t testing.TB) *RedisProc {
 
 // start launches redis-server on r.Port and waits until it answers PING.
 func (r *RedisProc) start() error {
-	cmd := exec.Command(r.bin,
+	args := []string{
 		"--port", strconv.Itoa(r.Port),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -75,40 +158,8 @@ func (r *RedisProc) start() error {
 		"--daemonize", "no",
 		"--dir", r.dir,
 		"--logfile", "",
-	)
-	cmd.Stdout = r.out
-	cmd.Stderr = r.out
-	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Start(); err != nil {
-		return err
 	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(done)
-	}()
-	r.cmd, r.done = cmd, done
-
-	deadline := time.Now().Add(redisReadyTimeout)
-	for {
-		if ping(r.Addr) == nil {
-			return nil
-		}
-		select {
-		case <-done:
-			return fmt.Errorf("exited before answering PING: %v", cmd.ProcessState)
-		default:
-		}
-		if time.Now().After(deadline) {
-			r.Kill()
-			return fmt.Errorf("no PONG within %v", redisReadyTimeout)
-		}
-		// Poll interval, not synchronisation: the loop re-checks the condition.
-		select {
-		case <-done:
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	return r.launch(r.bin, args, r.out, func() error { return ping(r.Addr) }, 10*time.Millisecond)
 }
 
 // ping sends one inline PING and expects +PONG.
@@ -134,42 +185,13 @@ func ping(addr string) error {
 	return nil
 }
 
-// running reports whether the current process has not exited.
-func (r *RedisProc) running() bool {
-	if r.cmd == nil {
-		return false
-	}
-	select {
-	case <-r.done:
-		return false
-	default:
-		return true
-	}
-}
-
 // Kill sends SIGKILL, like a crash, and waits for the process to exit. It
 // does nothing if Redis is not running.
-func (r *RedisProc) Kill() {
-	if !r.running() {
-		return
-	}
-	_ = r.cmd.Process.Kill()
-	<-r.done
-}
+func (r *RedisProc) Kill() { r.kill() }
 
 // Stop shuts Redis down with SIGTERM, waiting up to 10s before SIGKILL. It
 // does nothing if Redis is not running.
-func (r *RedisProc) Stop() {
-	if !r.running() {
-		return
-	}
-	_ = r.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-r.done:
-	case <-time.After(10 * time.Second):
-		r.Kill()
-	}
-}
+func (r *RedisProc) Stop() { r.term(10 * time.Second) }
 
 // Restart stops Redis if it is running, then starts a new, empty one on the
 // same port and waits until it answers PING. It fails the test if the port

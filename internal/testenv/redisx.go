@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -43,12 +42,11 @@ type RedisNode struct {
 	Addr string
 	Port int
 
-	cfg  RedisConfig
-	bin  string
-	dir  string
-	out  *tailBuffer
-	cmd  *exec.Cmd
-	done chan struct{}
+	cfg RedisConfig
+	bin string
+	dir string
+	out *tailBuffer
+	redisServer
 }
 
 // RedisWith starts a private redis-server as configured on a free loopback
@@ -101,75 +99,21 @@ func (n *RedisNode) start() error {
 		}
 		args = append(args, n.cfg.Args...)
 	}
-	cmd := exec.Command(n.bin, args...)
-	cmd.Stdout = n.out
-	cmd.Stderr = n.out
-	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Start(); err != nil {
+	ready := func() error {
+		v, err := RedisDo(n.Addr, n.cfg.Auth, "PING")
+		if err == nil && v != "PONG" {
+			err = fmt.Errorf("PING answered %v", v)
+		}
 		return err
 	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(done)
-	}()
-	n.cmd, n.done = cmd, done
-	deadline := time.Now().Add(redisReadyTimeout)
-	for {
-		v, err := RedisDo(n.Addr, n.cfg.Auth, "PING")
-		if err == nil && v == "PONG" {
-			return nil
-		}
-		select {
-		case <-done:
-			return fmt.Errorf("exited before answering PING: %v", cmd.ProcessState)
-		default:
-		}
-		if time.Now().After(deadline) {
-			n.Kill()
-			return fmt.Errorf("no PONG within %v (last: %v %v)", redisReadyTimeout, v, err)
-		}
-		select { // poll interval: the loop re-checks the condition
-		case <-done:
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-func (n *RedisNode) running() bool {
-	if n.cmd == nil {
-		return false
-	}
-	select {
-	case <-n.done:
-		return false
-	default:
-		return true
-	}
+	return n.launch(n.bin, args, n.out, ready, 20*time.Millisecond)
 }
 
 // Kill sends SIGKILL and waits for the process to exit.
-func (n *RedisNode) Kill() {
-	if !n.running() {
-		return
-	}
-	_ = n.cmd.Process.Kill()
-	<-n.done
-}
+func (n *RedisNode) Kill() { n.kill() }
 
 // Stop sends SIGTERM, then SIGKILL after 5s.
-func (n *RedisNode) Stop() {
-	if !n.running() {
-		return
-	}
-	_ = n.cmd.Process.Signal(syscall.SIGCONT)
-	_ = n.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-n.done:
-	case <-time.After(5 * time.Second):
-		n.Kill()
-	}
-}
+func (n *RedisNode) Stop() { n.term(5 * time.Second) }
 
 // Do runs one command through cfg.Auth.
 func (n *RedisNode) Do(t testing.TB, args ...string) any {
