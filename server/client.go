@@ -224,10 +224,14 @@ func (s *Server) checkPending(l *batch.Loop, ss *session, waiting int) gnet.Acti
 	}
 	s.stats.PendingOverflow.Add(1)
 	waitingOn := "the routing store"
-	if ss.streamWait {
+	switch {
+	case ss.streamWait:
 		waitingOn = "a stream over its flow-control window"
+	case ss.followWait:
+		waitingOn = "earlier chats to the same recipient, held on a stream"
 	}
-	s.log.Warn("closing client: too much input while its requests wait", "on", waitingOn, "user", ss.name, "remote", ss.C.RemoteAddr(), "bytes", waiting)
+	// (The event name is older than the other reasons; msg stays stable.)
+	s.log.Warn("closing client: too much input while waiting on Redis", "waiting_on", waitingOn, "user", ss.name, "remote", ss.C.RemoteAddr(), "bytes", waiting)
 	s.replyErr(l, ss, codec.ErrPendingOverflow, nil)
 	l.Flush()
 	return gnet.Close
