@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/relaychat/relaychat/internal/fifo"
 	"github.com/relaychat/relaychat/route"
 )
 
@@ -20,7 +21,7 @@ import (
 // or counts the loss); nothing blocks a loop.
 type redisQueue struct {
 	s    *Server
-	ch   chan rjob
+	q    *fifo.Queue[rjob]
 	idle chan struct{} // signalled when the queue runs empty (for Shutdown)
 	mu   sync.Mutex
 	busy int // jobs queued or running
@@ -40,7 +41,7 @@ const (
 )
 
 func newRedisQueue(s *Server) *redisQueue {
-	return &redisQueue{s: s, ch: make(chan rjob, redisQueueLen), idle: make(chan struct{}, 1)}
+	return &redisQueue{s: s, q: fifo.New[rjob](redisQueueLen), idle: make(chan struct{}, 1)}
 }
 
 // store queues a store attempt; done runs on the worker. false: queue full.
@@ -58,13 +59,11 @@ func (q *redisQueue) put(j rjob) bool {
 	q.mu.Lock()
 	q.busy++
 	q.mu.Unlock()
-	select {
-	case q.ch <- j:
+	if q.q.Put(j) {
 		return true
-	default:
-		q.finished(1)
-		return false
 	}
+	q.finished(1)
+	return false
 }
 
 func (q *redisQueue) finished(n int) {
@@ -100,6 +99,24 @@ func (q *redisQueue) waitIdle(ctx context.Context) bool {
 	return true
 }
 
+// take waits for the next job; false once quit is closed and nothing is
+// queued.
+func (q *redisQueue) take(j *rjob, quit <-chan struct{}) bool {
+	for {
+		if v, ok := q.q.Get(); ok {
+			*j = v
+			return true
+		}
+		select {
+		case <-q.q.Ready():
+		case <-quit:
+			v, ok := q.q.Get()
+			*j = v
+			return ok
+		}
+	}
+}
+
 // run is the worker; it stops when quit is closed, after what is queued
 // then has run.
 func (q *redisQueue) run(quit <-chan struct{}) {
@@ -109,16 +126,8 @@ func (q *redisQueue) run(quit <-chan struct{}) {
 		var j rjob
 		if next != nil {
 			j, next = *next, nil
-		} else {
-			select {
-			case j = <-q.ch:
-			case <-quit:
-				select {
-				case j = <-q.ch:
-				default:
-					return
-				}
-			}
+		} else if !q.take(&j, quit) {
+			return
 		}
 		if j.done == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), q.s.opt.RedisTimeout)
@@ -130,16 +139,15 @@ func (q *redisQueue) run(quit <-chan struct{}) {
 		jobs := []rjob{j}
 	gather:
 		for len(jobs) < storeBatch {
-			select {
-			case j2 := <-q.ch:
-				if j2.done == nil {
-					next = &j2
-					break gather
-				}
-				jobs = append(jobs, j2)
-			default:
+			j2, ok := q.q.Get()
+			if !ok {
 				break gather
 			}
+			if j2.done == nil {
+				next = &j2
+				break gather
+			}
+			jobs = append(jobs, j2)
 		}
 		reqs := make([]route.StoreReq, len(jobs))
 		for i := range jobs {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/relaychat/relaychat/codec"
 	"github.com/relaychat/relaychat/internal/batch"
+	"github.com/relaychat/relaychat/internal/fifo"
 	"github.com/relaychat/relaychat/internal/gnetlog"
 	"github.com/relaychat/relaychat/internal/peer"
 	"github.com/relaychat/relaychat/route"
@@ -72,7 +73,7 @@ type Server struct {
 	inflight chan struct{}
 	// releases feeds releaseWorker; its capacity bounds the route
 	// deletions waiting.
-	releases chan releaseReq
+	releases *fifo.Queue[releaseReq]
 	// maxConns is the connection cap in force (Options.MaxConns, or derived
 	// at start); 0 until then means no cap.
 	maxConns atomic.Int64
@@ -135,7 +136,7 @@ func New(o Options) (*Server, error) {
 		peerGate: peer.NewGate(o.MaxPeerPending),
 		kicks:    newKickMemo(kickMemoSize, kickMemoTTL),
 		inflight: make(chan struct{}, o.MaxInflight),
-		releases: make(chan releaseReq, releaseQueue),
+		releases: fifo.New[releaseReq](releaseQueue),
 		stop:     make(chan struct{}),
 		failed:   make(chan error, 1),
 		booted:   make(chan struct{}),
@@ -538,7 +539,9 @@ func (s *Server) sweepIdle() {
 }
 
 // retain asks the output watcher to check, now and then, what the client
-// of ss acknowledged (on its loop), until it holds no chat. On ss's loop.
+// of ss acknowledged (on its loop), until it holds no chat and has no chat
+// unsettled on a stream; then the session's buffers for them are let go
+// (shed). On ss's loop.
 func (s *Server) retain(ss *session) {
 	if !ss.retained {
 		ss.retained = true
@@ -580,10 +583,10 @@ func (s *Server) watchOutput() {
 			s.retaining.Range(func(k, _ any) bool {
 				ss := k.(*session)
 				ss.Loop.Post(func() {
-					if !ss.Closed() {
+					if !ss.Closed() && ss.heldHead < len(ss.held) {
 						ss.progress()
 					}
-					if ss.Closed() || ss.heldHead == len(ss.held) {
+					if ss.Closed() || ss.shed() {
 						ss.retained = false
 						s.retaining.Delete(ss)
 					}
@@ -839,12 +842,10 @@ func (s *Server) streamsEmpty() bool {
 // left (counted and logged); it names this server, so chats to it are
 // stored, and the next start of this server clears it.
 func (s *Server) release(name string, r route.Route) {
-	select {
-	case s.releases <- releaseReq{name: name, r: r}:
-	default:
+	if !s.releases.Put(releaseReq{name: name, r: r}) {
 		s.stats.ReleaseOverflow.Add(1)
 		if s.stats.ReleaseOverflow.Load()%1000 == 1 {
-			s.log.Warn("release queue full: leaving routes for the next start to clear", "queue", cap(s.releases), "total", s.stats.ReleaseOverflow.Load())
+			s.log.Warn("release queue full: leaving routes for the next start to clear", "queue", s.releases.Limit(), "total", s.stats.ReleaseOverflow.Load())
 		}
 	}
 }
@@ -870,37 +871,34 @@ type releaseReq struct {
 func (s *Server) releaseWorker() {
 	defer s.bg.Done()
 	batch := make(map[string]route.Route, releaseBatch)
+	// gather moves up to releaseBatch queued releases into batch; a later
+	// release of a name supersedes.
+	gather := func() {
+		for len(batch) < releaseBatch {
+			req, ok := s.releases.Get()
+			if !ok {
+				return
+			}
+			batch[req.name] = req.r
+		}
+	}
 	for {
 		select {
 		case <-s.stop:
 			for {
-				select {
-				case req := <-s.releases:
-					batch[req.name] = req.r
-					if len(batch) < releaseBatch {
-						continue
-					}
-					if !s.releaseBatch(batch) {
-						s.log.Warn("leaving queued routes for the next start to clear", "routes", len(s.releases))
-						return
-					}
-				default:
-					s.releaseBatch(batch)
+				gather()
+				if len(batch) == 0 {
+					return
+				}
+				if !s.releaseBatch(batch) {
+					s.log.Warn("leaving queued routes for the next start to clear", "routes", s.releases.Len())
 					return
 				}
 			}
-		case req := <-s.releases:
-			batch[req.name] = req.r // a later release of a name supersedes
-		drain:
-			for len(batch) < releaseBatch {
-				select {
-				case req := <-s.releases:
-					batch[req.name] = req.r
-				default:
-					break drain
-				}
+		case <-s.releases.Ready():
+			for gather(); len(batch) > 0; gather() {
+				s.releaseBatch(batch)
 			}
-			s.releaseBatch(batch)
 		}
 	}
 }
