@@ -6,7 +6,7 @@
 # bench-report.html and bench-report.json in the repo root, and stops
 # everything it started, on Ctrl-C too.
 #
-#   SCENARIO=mixed|cross|local|hold|anchor|latency|floor scripts/bench.sh [chat-bench flags...]
+#   SCENARIO=mixed|cross|local|hold|trickle|anchor|latency|floor scripts/bench.sh [chat-bench flags...]
 #   SCENARIO=anchor-floor PAIRS=3 scripts/bench.sh [chat-bench flags...]
 #
 # Flags given here are passed to chat-bench after the scenario and override

@@ -261,7 +261,9 @@ func (s *Server) stored(c *chat, res route.StoreResult) {
 		if ss.storing[c.recv]--; ss.storing[c.recv] <= 0 {
 			delete(ss.storing, c.recv)
 		}
-		ss.storingN--
+		if ss.storingN--; ss.storingN == 0 {
+			ss.storing = nil // a map keeps its buckets after deletes
+		}
 		ss.storingBytes -= c.qbytes
 		if ss.Closed() {
 			c.from = nil
@@ -358,6 +360,7 @@ func (s *Server) forward(l *batch.Loop, c *chat, dst string) {
 			m.id = append([]byte(nil), c.id...)
 		}
 		m.fw = ss.follows.add(c.recv, dst)
+		s.retain(ss) // to shed the entry once settled
 	}
 	pause, err := s.out.get(dst).pushPaced(h, c.appendLine, m)
 	if pause {

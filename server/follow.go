@@ -106,6 +106,21 @@ func (f *follows) add(recv, dst string) *follow {
 	return fw
 }
 
+// shed drops the entries when none has unsettled chats, and reports
+// whether that was so (see session.shed).
+func (f *follows) shed() bool {
+	if f.active.Load() != 0 {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.active.Load() != 0 {
+		return false
+	}
+	f.m, f.idle = nil, 0
+	return true
+}
+
 // done releases one chat of fw: it is settled. Safe on a nil fw.
 func (fw *follow) done() {
 	if fw == nil {

@@ -39,3 +39,36 @@ func TestFollows(t *testing.T) {
 	var nilFollow *follow
 	nilFollow.done() // no panic
 }
+
+// TestSessionShed: a session lets go of its in-flight buffers only once
+// nothing is held for its client and nothing is unsettled on a stream.
+func TestSessionShed(t *testing.T) {
+	ss := &session{}
+	fw := ss.follows.add("bob", "s2")
+	ss.held = append(ss.held, heldChat{end: 10, at: 0, n: 10, recv: "carol"})
+	ss.tail = append(ss.tail, "0123456789"...)
+	if ss.shed() {
+		t.Fatal("shed with a chat held for the client")
+	}
+	ss.prune(10)
+	if ss.shed() {
+		t.Fatal("shed with a chat unsettled on a stream")
+	}
+	if ss.follows.m == nil {
+		t.Fatal("an unsettled follow entry was dropped")
+	}
+	fw.done()
+	if !ss.shed() {
+		t.Fatal("nothing in flight, yet not shed")
+	}
+	if ss.tail != nil || ss.held != nil || ss.follows.m != nil {
+		t.Fatalf("buffers kept: tail cap %d, held cap %d, follows %v", cap(ss.tail), cap(ss.held), ss.follows.m)
+	}
+	if ss.tailBase != 10 {
+		t.Fatalf("tailBase %d, want 10 (offsets go on from the dropped tail)", ss.tailBase)
+	}
+	// The entries come back on the next chat.
+	if ss.follows.add("bob", "s3").dst != "s3" {
+		t.Fatal("no entry after shedding")
+	}
+}

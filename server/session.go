@@ -291,6 +291,21 @@ func (ss *session) acked() int64 {
 	return kernel - int64(outq)
 }
 
+// shed lets go of the buffers a session keeps for its chats in flight
+// (copies of held lines, follow entries) once it has none: a busy session
+// keeps them from one chat to the next, while thousands of sessions that
+// chat now and then should not each hold them between chats. It reports
+// whether the session is idle in that sense. On the session's loop, from
+// the retain sweep, so at most twice a second.
+func (ss *session) shed() bool {
+	if ss.heldHead < len(ss.held) {
+		return false
+	}
+	ss.tailBase += int64(len(ss.tail))
+	ss.held, ss.heldHead, ss.tail = nil, 0, nil
+	return ss.follows.shed()
+}
+
 // prune drops the held chats acknowledged up to upTo.
 func (ss *session) prune(upTo int64) {
 	h := ss.heldHead

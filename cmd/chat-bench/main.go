@@ -42,6 +42,8 @@ var scenarios = map[string]struct {
 		map[string]string{"clients": "5000", "rate": "0", "window": "8", "cross": "0", "duration": "10s", "warmup": "2s"}},
 	"hold": {"18,000 idle clients pinging every 10s for 20s: memory per connection",
 		map[string]string{"clients": "18000", "hold": "true", "ping": "10s", "duration": "20s"}},
+	"trickle": {"18,000 clients each sending a chat every 10s (1,800 msg/s), half crossing: memory per connection in use",
+		map[string]string{"clients": "18000", "rate": "1800", "size": "64", "cross": "0.5", "duration": "20s", "warmup": "5s"}},
 	"anchor": {"the NATS comparison workload: 2,000 clients, 8 in flight, 64 B, half crossing",
 		map[string]string{"clients": "2000", "rate": "0", "window": "8", "size": "64", "cross": "0.5", "duration": "10s", "warmup": "2s"}},
 	"latency": {"2,000 clients offering 20,000 msg/s in open loop, half crossing: latency at load",
