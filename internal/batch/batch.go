@@ -87,7 +87,7 @@ func (e *Endpoint) write(buf []byte, marks []Mark) {
 		e.framed, marks = e.Frame(e.framed[:0], buf, marks)
 		buf = e.framed
 	}
-	_, _ = e.C.Write(buf) // gnet copies what the socket does not take at once
+	e.handOver(buf)
 	if e.closed.Load() {
 		// The write failed and gnet closed the connection inside Write
 		// (OnClose has run): nothing of buf went out.

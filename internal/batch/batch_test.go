@@ -13,6 +13,15 @@ type fakeConn struct {
 	gnet.Conn
 	got     bytes.Buffer
 	onWrite func()
+	fd      int // a real socket for the raw write; 0: none
+	queued  int // what OutboundBuffered reports
+}
+
+func (c *fakeConn) Fd() int {
+	if c.fd == 0 {
+		return -1
+	}
+	return c.fd
 }
 
 func (c *fakeConn) Write(b []byte) (int, error) {
@@ -24,7 +33,7 @@ func (c *fakeConn) Write(b []byte) (int, error) {
 	return c.got.Write(b)
 }
 
-func (c *fakeConn) OutboundBuffered() int { return 0 }
+func (c *fakeConn) OutboundBuffered() int { return c.queued }
 
 type lostHooks struct{ lost, written int }
 
