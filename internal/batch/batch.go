@@ -261,6 +261,27 @@ func (l *Loop) flushGather(g *gather) {
 	}
 	g.targets = g.targets[:0]
 	clear(g.index)
+	g.trim()
+}
+
+// keepSlots is how many per-destination buffers a gather keeps between
+// callbacks. A callback that wrote to more (a stream's batch fanning out
+// to hundreds of sessions) gives the rest back to the pool, which the
+// garbage collector empties, rather than each loop pinning a buffer per
+// destination it ever wrote to in one go.
+const keepSlots = 64
+
+func (g *gather) trim() {
+	if len(g.bufs) <= keepSlots {
+		return
+	}
+	for i := keepSlots; i < len(g.bufs); i++ {
+		if g.bufs[i] != nil {
+			putBuf(g.bufs[i])
+		}
+		g.bufs[i], g.marks[i] = nil, nil
+	}
+	g.bufs, g.marks = g.bufs[:keepSlots], g.marks[:keepSlots]
 }
 
 // Post runs fn on l's event loop, after everything posted to l before it.

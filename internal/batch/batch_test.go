@@ -79,3 +79,31 @@ func TestFlushReentered(t *testing.T) {
 		t.Errorf("after a second flush b got %q", got)
 	}
 }
+
+// TestWideFlushKeepsFewBuffers: a callback that writes to many endpoints
+// gets every write out, and the loop keeps at most keepSlots buffers
+// afterwards.
+func TestWideFlushKeepsFewBuffers(t *testing.T) {
+	l := NewLoop(nil)
+	conns := make([]*fakeConn, 4*keepSlots)
+	for round := range 2 {
+		for i := range conns {
+			if conns[i] == nil {
+				conns[i] = &fakeConn{}
+			}
+			e := &Endpoint{C: conns[i], Loop: l}
+			l.Append(e, []byte("x\n"))
+		}
+		l.Flush()
+		for i, c := range conns {
+			if got := c.got.Len(); got != 2*(round+1) {
+				t.Fatalf("round %d: endpoint %d got %d bytes", round, i, got)
+			}
+		}
+		for _, g := range []*gather{l.g, l.idle} {
+			if len(g.bufs) > keepSlots || len(g.marks) > keepSlots {
+				t.Fatalf("round %d: a gather keeps %d buffers, %d mark lists", round, len(g.bufs), len(g.marks))
+			}
+		}
+	}
+}
