@@ -328,10 +328,12 @@ func (ss *session) prune(upTo int64) {
 	}
 	drop := int(ss.held[h].at - ss.tailBase)
 	if drop > 16<<10 && drop > len(ss.tail)/2 {
-		ss.tail = append(ss.tail[:0:0], ss.tail[drop:]...)
+		// In place: only this loop reads tail and held.
+		ss.tail = ss.tail[:copy(ss.tail, ss.tail[drop:])]
 		ss.tailBase += int64(drop)
-		ss.held = append(ss.held[:0:0], ss.held[h:]...)
-		ss.heldHead = 0
+		n := copy(ss.held, ss.held[h:])
+		clear(ss.held[n:])
+		ss.held, ss.heldHead = ss.held[:n], 0
 	}
 }
 

@@ -98,9 +98,12 @@ type outStream struct {
 	head     int
 	frames   []outFrame // metadata, from frames[fh:]
 	fh       int
-	sent     int           // buf offset up to which the current path has been written
-	path     *link         // nil: held
-	flushing bool          // a flush task is posted
+	sent     int   // buf offset up to which the current path has been written
+	path     *link // nil: held
+	flushing bool  // a flush task is posted
+	// writing counts flushes writing a slice of buf with o.mu released;
+	// while one does, compact moves the live bytes to a fresh array.
+	writing  int
 	progress time.Time     // last ack that moved, or last path change
 	rto      time.Duration // wait for an ack before resending; doubles while none comes
 	resent   int64         // frames written again over a new path
@@ -273,13 +276,17 @@ func (o *outStream) flush(lk *link) {
 		}
 	}
 	o.sent = len(o.buf)
+	o.writing++
 	o.mu.Unlock()
 	if skip != nil {
 		lk.sent += int64(len(skip))
 		_, _ = lk.C.Write(skip)
 	}
 	lk.sent += int64(len(data))
-	_, _ = lk.C.Write(data)
+	_, _ = lk.C.Write(data) // gnet copies what the socket does not take
+	o.mu.Lock()
+	o.writing--
+	o.mu.Unlock()
 	lk.CheckOutbound()
 	lk.kernelProgress()
 }
@@ -420,31 +427,53 @@ func (o *outStream) ack(id, seq uint64) {
 	o.resumeLocked()
 }
 
-// compact moves the live part of the buffers to fresh arrays once the dead
-// part dominates. Fresh, not in place: a flush may be writing from the old
-// array right now.
+// compact moves the live part of the buffers to their front once the
+// dead part dominates, reusing the arrays (a busy stream would otherwise
+// grow a fresh buffer from nothing after every full acknowledgement).
+// While a flush is writing from buf with o.mu released, the bytes go to a
+// fresh array instead: buf's bytes never change under a writer. A buffer
+// grown past twice the flow-control window (a hold) is let go once empty.
+// o.mu held.
 func (o *outStream) compact() {
 	if o.fh == len(o.frames) {
-		o.buf, o.head, o.sent = o.buf[:0:0], 0, 0
+		if o.writing == 0 && cap(o.buf) <= 2*o.s.opt.streamWindow {
+			o.buf = o.buf[:0]
+		} else {
+			o.buf = o.buf[:0:0]
+		}
+		o.head, o.sent = 0, 0
 		o.frames, o.fh = o.frames[:0], 0
 		return
 	}
 	if o.head < 64<<10 || o.head < len(o.buf)/2 {
 		if o.fh > 1024 && o.fh > len(o.frames)/2 {
-			o.frames = append(o.frames[:0:0], o.frames[o.fh:]...)
-			o.fh = 0
+			o.dropAcked()
 		}
 		return
 	}
-	nb := make([]byte, len(o.buf)-o.head, max(4096, 2*(len(o.buf)-o.head)))
-	copy(nb, o.buf[o.head:])
+	live := len(o.buf) - o.head
+	if o.writing == 0 {
+		copy(o.buf, o.buf[o.head:])
+		o.buf = o.buf[:live]
+	} else {
+		nb := make([]byte, live, max(4096, 2*live))
+		copy(nb, o.buf[o.head:])
+		o.buf = nb
+	}
 	shift := o.head
-	o.buf, o.head, o.sent = nb, 0, max(0, o.sent-shift)
-	o.frames = append(o.frames[:0:0], o.frames[o.fh:]...)
-	o.fh = 0
+	o.head, o.sent = 0, max(0, o.sent-shift)
+	o.dropAcked()
 	for i := range o.frames {
 		o.frames[i].end -= shift
 	}
+}
+
+// dropAcked moves the unacknowledged frames' metadata to the front of
+// frames (the acknowledged ones were cleared by ack). o.mu held.
+func (o *outStream) dropAcked() {
+	n := copy(o.frames, o.frames[o.fh:])
+	clear(o.frames[n:])
+	o.frames, o.fh = o.frames[:n], 0
 }
 
 // unacked returns the frames and bytes waiting for an acknowledgement.
