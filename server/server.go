@@ -897,7 +897,18 @@ func (s *Server) releaseWorker() {
 			}
 		case <-s.releases.Ready():
 			for gather(); len(batch) > 0; gather() {
-				s.releaseBatch(batch)
+				ok := s.releaseBatch(batch)
+				select {
+				case <-s.stop:
+					// Shutting down: go on only while Redis answers, as
+					// the stop case does, so a backlog built up during an
+					// outage cannot hold Shutdown for a timeout per batch.
+					if !ok {
+						s.log.Warn("leaving queued routes for the next start to clear", "routes", s.releases.Len())
+						return
+					}
+				default:
+				}
 			}
 		}
 	}

@@ -94,7 +94,7 @@ type outStream struct {
 	mu       sync.Mutex
 	dstEpoch uint64 // the run of dst frames are addressed to; 0 until known
 	next     uint64 // seq of the next frame
-	buf      []byte // frames from buf[head:], oldest first; bytes are never changed once appended
+	buf      []byte // frames from buf[head:], oldest first; bytes are not changed while a flush writes them (writing)
 	head     int
 	frames   []outFrame // metadata, from frames[fh:]
 	fh       int
@@ -282,8 +282,10 @@ func (o *outStream) flush(lk *link) {
 		lk.sent += int64(len(skip))
 		_, _ = lk.C.Write(skip)
 	}
-	lk.sent += int64(len(data))
-	_, _ = lk.C.Write(data) // gnet copies what the socket does not take
+	if !lk.Closed() { // a failed write closed the link inside Write: its descriptor may be another's by now
+		lk.sent += int64(len(data))
+		_, _ = lk.C.Write(data) // gnet copies what the socket does not take
+	}
 	o.mu.Lock()
 	o.writing--
 	o.mu.Unlock()

@@ -90,7 +90,11 @@ func (e *Endpoint) write(buf []byte, marks []Mark) {
 	e.handOver(buf)
 	if e.closed.Load() {
 		// The write failed and gnet closed the connection inside Write
-		// (OnClose has run): nothing of buf went out.
+		// (OnClose has run): buf is reported lost whole. (When a raw write
+		// took a first part just before the failure, that part reached a
+		// connection being reset, whose unsent bytes the kernel drops;
+		// putting it back may at worst repeat a line the client read just
+		// before it reset: the side the close path errs on too.)
 		if e.Hooks != nil {
 			e.Hooks.Lost(buf, marks)
 		}
