@@ -101,17 +101,6 @@ func (q *Queue[T]) Get() (T, bool) {
 	return v, true
 }
 
-// Peek returns the oldest item without removing it; false when empty.
-func (q *Queue[T]) Peek() (T, bool) {
-	var zero T
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.n == 0 {
-		return zero, false
-	}
-	return q.ring[q.head], true
-}
-
 // Len returns the items held.
 func (q *Queue[T]) Len() int {
 	q.mu.Lock()
