@@ -91,7 +91,7 @@ func TestReadySignalsEmptyToNonEmpty(t *testing.T) {
 // TestConcurrent has producers race one consumer that waits on Ready; every
 // item arrives once and each producer's items arrive in its order.
 func TestConcurrent(t *testing.T) {
-	const producers, each = 4, 20000
+	const producers, each = 4, 5000
 	q := New[[2]int](256)
 	var wg sync.WaitGroup
 	for p := range producers {
