@@ -270,7 +270,7 @@ func (s *Server) startDrain(ss *session) {
 	ss.phase.Store(phaseDraining)
 	ss.mu.Unlock()
 	ss.drainAgain = false
-	ss.drainStart = time.Now()
+	ss.drainStart = time.Now().UnixNano()
 	s.readPage(ss, 0)
 }
 
@@ -374,9 +374,9 @@ func (s *Server) pageDone(ss *session) {
 // goLive writes the chats that waited for the drain and makes the session
 // take chats directly. On the session's loop.
 func (s *Server) goLive(ss *session) {
-	if !ss.drainStart.IsZero() {
-		s.hist.drain.Since(ss.drainStart)
-		ss.drainStart = time.Time{}
+	if ss.drainStart != 0 {
+		s.hist.drain.Since(time.Unix(0, ss.drainStart))
+		ss.drainStart = 0
 	}
 	ss.mu.Lock()
 	pend := ss.pending

@@ -125,7 +125,7 @@ type session struct {
 	drain      []route.MailEntry
 	drainEnd   int64 // sent offset the current mailbox page ends at; 0 = none in flight
 	drainAgain bool  // a late kick-done arrived while draining: read once more
-	drainStart time.Time
+	drainStart int64 // unix nanos the mailbox drain began; 0 = none (an int64, not a time.Time: the session fits a smaller size class)
 	// kickedBy is the login that replaced this session and waits for its
 	// unsent chats (set when kicked; read at close).
 	kickedBy *kickReply
