@@ -291,6 +291,13 @@ func (ss *session) acked() int64 {
 	return kernel - int64(outq)
 }
 
+// wroteAside counts n bytes written to the connection outside the
+// Endpoint (a WebSocket handshake answer, pongs, a close frame), so that
+// sent keeps matching what gnet and the kernel count: acked() subtracts
+// their queues from it, and bytes missing from sent would make chats the
+// client did receive look unacknowledged, and be put back twice.
+func (ss *session) wroteAside(n int) { ss.sent += int64(n) }
+
 // shed lets go of the buffers a session keeps for its chats in flight
 // (copies of held lines, follow entries) once it has none: a busy session
 // keeps them from one chat to the next, while thousands of sessions that

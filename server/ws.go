@@ -63,6 +63,7 @@ func (s *Server) serveWS(l *batch.Loop, ss *session) gnet.Action {
 			return gnet.Close
 		}
 		_, _ = c.Write(hs.Response) // the 101 goes out before any frame
+		ss.wroteAside(len(hs.Response))
 		consumed, w.upgraded = hs.Consumed, true
 	}
 	act := gnet.None
@@ -111,6 +112,7 @@ frames:
 	if len(w.ctrl) > 0 {
 		l.Flush() // replies first, then control frames
 		_, _ = c.Write(w.ctrl)
+		ss.wroteAside(len(w.ctrl))
 		w.ctrl = w.ctrl[:0]
 	}
 	if act == gnet.None && ss.busy() {
