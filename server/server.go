@@ -882,33 +882,32 @@ func (s *Server) releaseWorker() {
 			batch[req.name] = req.r
 		}
 	}
+	// drain releases what is queued, batch by batch. Once the server is
+	// stopping it gives up at the first batch Redis did not answer, so a
+	// backlog built up during an outage cannot hold Shutdown for a timeout
+	// per batch; false then.
+	drain := func() bool {
+		for gather(); len(batch) > 0; gather() {
+			if s.releaseBatch(batch) {
+				continue
+			}
+			select {
+			case <-s.stop:
+				s.log.Warn("leaving queued routes for the next start to clear", "routes", s.releases.Len())
+				return false
+			default:
+			}
+		}
+		return true
+	}
 	for {
 		select {
 		case <-s.stop:
-			for {
-				gather()
-				if len(batch) == 0 {
-					return
-				}
-				if !s.releaseBatch(batch) {
-					s.log.Warn("leaving queued routes for the next start to clear", "routes", s.releases.Len())
-					return
-				}
-			}
+			drain()
+			return
 		case <-s.releases.Ready():
-			for gather(); len(batch) > 0; gather() {
-				ok := s.releaseBatch(batch)
-				select {
-				case <-s.stop:
-					// Shutting down: go on only while Redis answers, as
-					// the stop case does, so a backlog built up during an
-					// outage cannot hold Shutdown for a timeout per batch.
-					if !ok {
-						s.log.Warn("leaving queued routes for the next start to clear", "routes", s.releases.Len())
-						return
-					}
-				default:
-				}
+			if !drain() {
+				return
 			}
 		}
 	}
