@@ -39,7 +39,7 @@ const DefaultKnownSize = 1 << 19
 // in-process table is the real cache; rueidis' only serves Lookup's
 // tracked reads, so it can be small, and it bounds the memory spent on
 // negative answers (rueidis caches nil replies).
-const DefaultCacheBytes = 8 << 20
+const DefaultCacheBytes = 256 << 10
 
 type known struct {
 	shards   [knownShards]knownShard

@@ -52,6 +52,7 @@ func main() {
 		redisTO     = fs.Duration("redis-timeout", 2*time.Second, "timeout of one Redis operation")
 		cacheTTL    = fs.Duration("route-cache-ttl", route.DefaultCacheTTL, "how long a route stays in the client-side cache at most")
 		noCache     = fs.Bool("no-route-cache", false, "disable client-side caching of routes (for comparison)")
+		cacheBytes  = fs.Int("route-cache-bytes", route.DefaultCacheBytes, "rueidis' client-side cache per Redis connection, in bytes: it serves only lookups that miss the in-process route table (mostly names with no route)")
 		maxConns    = fs.Int("max-conns", 0, "connections at most (clients and links); 0 = derived at start from the open-file limit, the descriptors in use and a headroom")
 		idleTO      = fs.Duration("idle-timeout", 5*time.Minute, "close a client silent this long (a ping keeps it open); 0 = never")
 		rateLimit   = fs.Float64("rate-limit", 0, "requests per second per connection; 0 = no limit")
@@ -115,7 +116,10 @@ func main() {
 	if err != nil {
 		cli.Fatal(prog, err, 2)
 	}
-	ro.CacheTTL, ro.Timeout, ro.DisableCache = *cacheTTL, *redisTO, *noCache
+	if *cacheBytes < 1 {
+		cli.Fatal(prog, fmt.Errorf("-route-cache-bytes must be at least 1, not %d", *cacheBytes), 2)
+	}
+	ro.CacheTTL, ro.Timeout, ro.DisableCache, ro.CacheBytes = *cacheTTL, *redisTO, *noCache, *cacheBytes
 	store, err := route.New(ro)
 	if err != nil {
 		cli.Fatal(prog, err, 1)
