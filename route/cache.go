@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -87,7 +88,10 @@ func (k *known) begin(name string) uint64 {
 }
 
 // put stores r for name unless the shard was invalidated since begin
-// returned gen. A full shard loses one arbitrary entry.
+// returned gen. A full shard loses one arbitrary entry. The key is a copy:
+// a name decoded from a request shares its whole line's memory (sonic
+// keeps strings as slices of its input), which would otherwise live as
+// long as the entry.
 func (k *known) put(name string, r Route, gen uint64) {
 	sh := k.shard(name)
 	sh.Lock()
@@ -98,7 +102,7 @@ func (k *known) put(name string, r Route, gen uint64) {
 				break
 			}
 		}
-		sh.m[name] = r
+		sh.m[strings.Clone(name)] = r
 	}
 	sh.Unlock()
 }
