@@ -97,23 +97,25 @@ func (s *Server) closeSession(ss *session) {
 	if id != nil {
 		s.stats.Sessions.Add(-1)
 	}
-	if ss.kickTimer != nil {
-		ss.kickTimer()
+	if a := ss.aside; a != nil && a.kickTimer != nil {
+		a.kickTimer()
 	}
 	// A worker still out on this session's behalf finds closedMark and
 	// undoes its login itself; one that already finished left its outcome.
 	if o := ss.result.Swap(closedMark); o != nil && o != closedMark {
 		s.abandon(o)
 	}
-	for _, d := range ss.deferred {
-		d.c.from = nil // its fate stands; there is no one to tell
-		s.forward(nil, d.c, d.dst)
+	if a := ss.aside; a != nil {
+		for _, d := range a.deferred {
+			d.c.from = nil // its fate stands; there is no one to tell
+			s.forward(nil, d.c, d.dst)
+		}
+		a.deferred = nil
 	}
-	ss.deferred = nil
 	if len(unsent) > 0 {
 		s.putBack(unsent, "session closed before they were written")
 	}
-	reply := ss.kickedBy
+	reply := ss.kickReplyOf()
 	switch {
 	case reply != nil:
 		s.afterPutBack(func(context.Context) { s.sendKickDone(reply) })
@@ -308,7 +310,9 @@ func (s *Server) logout(ss *session) {
 	ss.pending, ss.pendingBytes = nil, 0
 	ss.phase.Store(phaseAnon)
 	ss.mu.Unlock()
-	ss.drainEnd = 0
+	if a := ss.aside; a != nil {
+		a.drainEnd = 0
+	}
 	ss.name = ""
 	ss.id.Store(nil)
 	s.stats.Sessions.Add(-1)

@@ -70,7 +70,7 @@ func (c *chat) keep() *chat {
 // (where the recipient is, and if they are offline, store it in the
 // mailbox). l is the calling loop's batch state; nil off the loops.
 func (s *Server) deliver(l *batch.Loop, c *chat) {
-	if c.from != nil && c.from.storing[c.recv] > 0 {
+	if c.from != nil && c.from.storingTo(c.recv) > 0 {
 		// Chats from this sender to this recipient are already on their
 		// way to the mailbox: this one follows them, in order.
 		s.resolve(l, c)
@@ -127,15 +127,19 @@ func (s *Server) waitBehind(c *chat) bool {
 		return false
 	}
 	// (The notice is posted to this loop: it runs after this callback.)
-	ss.behind, ss.followWait = c.keep(), true
+	ss.more().behind, ss.followWait = c.keep(), true
 	return true
 }
 
 // resumeBehind delivers the chat that waited behind its pair's earlier
 // ones, and reads its sender again (on the sender's loop).
 func (s *Server) resumeBehind(ss *session) {
-	d := ss.behind
-	ss.behind, ss.followWait = nil, false
+	var d *chat
+	if a := ss.aside; a != nil {
+		d, a.behind = a.behind, nil
+	}
+	ss.followWait = false
+	ss.tidy()
 	if d == nil {
 		return
 	}
@@ -202,7 +206,7 @@ func (s *Server) resolve(l *batch.Loop, cs *chat) {
 	}
 	present := !ran
 	switch {
-	case present && (c.from == nil || c.from.storing[c.recv] == 0):
+	case present && (c.from == nil || c.from.storingTo(c.recv) == 0):
 		// Logged in here meanwhile: deliver again (the registry has it).
 		s.deliver(l, c)
 		return
@@ -220,13 +224,14 @@ func (s *Server) resolve(l *batch.Loop, cs *chat) {
 		// The sender goes on with its next requests (a pair's order is
 		// kept: its later chats to this recipient follow this one through
 		// the queue), up to maxStoring store attempts in flight.
-		if ss.storing == nil {
-			ss.storing = make(map[string]int)
+		a := ss.more()
+		if a.storing == nil {
+			a.storing = make(map[string]int)
 		}
-		ss.storing[c.recv]++
-		ss.storingN++
-		ss.storingBytes += c.qbytes
-		if ss.storingN >= maxStoring || ss.storingBytes >= s.opt.MaxPending {
+		a.storing[c.recv]++
+		a.storingN++
+		a.storingBytes += c.qbytes
+		if a.storingN >= maxStoring || a.storingBytes >= s.opt.MaxPending {
 			ss.throttled = true
 		}
 	}
@@ -258,18 +263,21 @@ func (s *Server) stored(c *chat, res route.StoreResult) {
 		return
 	}
 	ss.Loop.Post(func() {
-		if ss.storing[c.recv]--; ss.storing[c.recv] <= 0 {
-			delete(ss.storing, c.recv)
+		a := ss.more() // set by deliver when the attempt was queued
+		if a.storing[c.recv]--; a.storing[c.recv] <= 0 {
+			delete(a.storing, c.recv)
 		}
-		if ss.storingN--; ss.storingN == 0 {
-			ss.storing = nil // a map keeps its buckets after deletes
+		if a.storingN--; a.storingN == 0 {
+			a.storing = nil // a map keeps its buckets after deletes
 		}
-		ss.storingBytes -= c.qbytes
+		a.storingBytes -= c.qbytes
+		n, bytes := a.storingN, a.storingBytes
+		ss.tidy()
 		if ss.Closed() {
 			c.from = nil
 		}
 		s.storedResult(nil, c, res)
-		if ss.throttled && ss.storingN < maxStoring/2 && ss.storingBytes < s.opt.MaxPending/2 && !ss.Closed() {
+		if ss.throttled && n < maxStoring/2 && bytes < s.opt.MaxPending/2 && !ss.Closed() {
 			ss.throttled = false
 			ss.wakeIfFree()
 		}
@@ -345,7 +353,8 @@ func (s *Server) forward(l *batch.Loop, c *chat, dst string) {
 		// since: it goes on its stream when the sender resumes, in order
 		// (resumeSender). A paused session reads nothing, so these are
 		// bounded by its store attempts (maxStoring, MaxPending).
-		ss.deferred = append(ss.deferred, deferredChat{c: c.keep(), dst: dst})
+		a := ss.more()
+		a.deferred = append(a.deferred, deferredChat{c: c.keep(), dst: dst})
 		return
 	}
 	h := frameHead{kind: codec.KindMsg, hops: c.hops, send: c.send, recv: c.recv, id: c.id}

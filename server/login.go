@@ -89,7 +89,7 @@ func (s *Server) finishLogin(l *batch.Loop, ss *session, o *outcome) {
 			s.startDrain(ss)
 		})
 	})
-	ss.kickTimer = t.Stop
+	ss.more().kickTimer = t.Stop
 }
 
 // setLogin publishes the login and registers the session (see
@@ -198,10 +198,11 @@ func (s *Server) kickSession(old *session, reply *kickReply) {
 			return
 		}
 		if reply != nil {
-			if prev := old.kickedBy; prev != nil && *prev != *reply {
+			a := old.more()
+			if prev := a.kickedBy; prev != nil && *prev != *reply {
 				s.afterPutBack(func(context.Context) { s.sendKickDone(prev) })
 			}
-			old.kickedBy = reply
+			a.kickedBy = reply
 		}
 		if !first {
 			return
@@ -214,7 +215,7 @@ func (s *Server) kickSession(old *session, reply *kickReply) {
 			_ = old.C.Close()
 			return
 		}
-		old.kickAt = time.Now().UnixNano()
+		old.more().kickAt = time.Now().UnixNano()
 		s.watch(old)
 	})
 }
@@ -247,12 +248,13 @@ func (s *Server) kickDone(name, token string) {
 		}
 		switch ss.phase.Load() {
 		case phaseWaitKick:
-			if ss.kickTimer != nil {
-				ss.kickTimer()
+			if a := ss.aside; a != nil && a.kickTimer != nil {
+				a.kickTimer()
+				a.kickTimer = nil
 			}
 			s.startDrain(ss)
 		case phaseDraining:
-			ss.drainAgain = true
+			ss.more().drainAgain = true
 		case phaseLive:
 			s.startDrain(ss) // chats came back late: read the mailbox once more
 		}
@@ -269,8 +271,9 @@ func (s *Server) startDrain(ss *session) {
 	ss.mu.Lock()
 	ss.phase.Store(phaseDraining)
 	ss.mu.Unlock()
-	ss.drainAgain = false
-	ss.drainStart = time.Now().UnixNano()
+	a := ss.more()
+	a.drainAgain = false
+	a.drainStart = time.Now().UnixNano()
 	s.readPage(ss, 0)
 }
 
@@ -309,15 +312,15 @@ func (s *Server) gotPage(ss *session, id *identity, entries []route.MailEntry, e
 		return
 	}
 	if len(entries) == 0 {
-		if ss.drainAgain {
-			ss.drainAgain = false
+		if a := ss.aside; a != nil && a.drainAgain {
+			a.drainAgain = false
 			s.readPage(ss, 0)
 			return
 		}
 		s.goLive(ss)
 		return
 	}
-	ss.drain = entries
+	ss.more().drain = entries
 	var buf []byte
 	var marks []batch.Mark
 	for _, e := range entries {
@@ -334,7 +337,7 @@ func (s *Server) gotPage(ss *session, id *identity, entries []route.MailEntry, e
 		return
 	}
 	ss.WriteNow(buf, marks) // Written notes where the page ends, progress moves on
-	if ss.drainEnd > 0 {
+	if ss.draining() {
 		s.watch(ss)
 	}
 }
@@ -342,8 +345,10 @@ func (s *Server) gotPage(ss *session, id *identity, entries []route.MailEntry, e
 // pageDone: the page in flight is in the kernel; take it out of the
 // mailbox and read the next one.
 func (s *Server) pageDone(ss *session) {
-	page := ss.drain
-	ss.drain = nil
+	var page []route.MailEntry
+	if a := ss.aside; a != nil {
+		page, a.drain = a.drain, nil
+	}
 	id := ss.id.Load()
 	if id == nil || len(page) == 0 {
 		return
@@ -374,9 +379,16 @@ func (s *Server) pageDone(ss *session) {
 // goLive writes the chats that waited for the drain and makes the session
 // take chats directly. On the session's loop.
 func (s *Server) goLive(ss *session) {
-	if ss.drainStart != 0 {
-		s.hist.drain.Since(time.Unix(0, ss.drainStart))
-		ss.drainStart = 0
+	if a := ss.aside; a != nil {
+		if a.drainStart != 0 {
+			s.hist.drain.Since(time.Unix(0, a.drainStart))
+			a.drainStart = 0
+		}
+		if a.kickTimer != nil {
+			a.kickTimer() // live: the kick wait is over
+			a.kickTimer = nil
+		}
+		ss.tidy()
 	}
 	ss.mu.Lock()
 	pend := ss.pending

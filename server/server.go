@@ -603,10 +603,10 @@ func (s *Server) checkWatched(ss *session) {
 		return
 	}
 	ss.watchOutput()
-	if ss.kickAt != 0 {
+	if a := ss.aside; a != nil && a.kickAt != 0 {
 		// Kicked or shutting down: close once the client has acknowledged
 		// everything, or at KickFlush (what it has not is put back then).
-		if ss.settledOutput() || time.Now().UnixNano()-ss.kickAt > int64(s.opt.KickFlush) {
+		if ss.settledOutput() || time.Now().UnixNano()-a.kickAt > int64(s.opt.KickFlush) {
 			_ = ss.C.Close()
 			return
 		}
@@ -780,7 +780,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 				_ = ss.C.Close()
 				return
 			}
-			ss.kickAt = time.Now().UnixNano()
+			ss.more().kickAt = time.Now().UnixNano()
 			s.watch(ss)
 		})
 	})

@@ -66,28 +66,17 @@ type session struct {
 	// result is where the off-loop worker leaves its outcome before waking
 	// the connection.
 	result atomic.Pointer[outcome]
-	// storing counts, per recipient, this session's chats on their way to
-	// a mailbox (store attempts in the Redis queue); storingN sums it, and
-	// throttled is set while it has maxStoring (or MaxPending bytes) in
-	// flight, until half have come back.
-	storing      map[string]int
-	storingN     int
-	storingBytes int
-	throttled    bool
+	// throttled is set while the session has maxStoring store attempts
+	// (or MaxPending bytes of them) in flight (sessionAside.storing), until
+	// half have come back.
+	throttled bool
 	// follows tracks this session's chats waiting on streams (follow.go).
 	follows follows
 	// streamWait is set while a chat found its stream over the
 	// flow-control window; the stream's acks resume the session.
 	streamWait bool
-	// deferred are chats whose store attempts answered "online on another
-	// server" while the session was paused (streamWait): resumeSender puts
-	// them on their streams before the session reads again.
-	deferred []deferredChat
-	// behind is a chat to a recipient who logged in here while the
-	// session's earlier chats to them were still unsettled on a stream:
-	// written now, it would overtake them. followWait is set until they
-	// settle (resumeBehind).
-	behind     *chat
+	// followWait is set while a chat waits behind the session's earlier
+	// chats to its recipient (sessionAside.behind).
 	followWait bool
 	// gone is set when the session is kicked or the server shuts down: it
 	// takes no more requests, and its close releases no route (it belongs
@@ -120,16 +109,87 @@ type session struct {
 	retained bool  // in Server.retaining (retain)
 	pruneAt  int64 // unix nanos of the last acknowledgement check
 
+	// aside is the state in use only for a while (see sessionAside); nil
+	// when none of it is.
+	aside *sessionAside
+}
+
+// sessionAside is the part of a session's state that is in use only for a
+// while: around a login (the kick wait, the mailbox drain), after a kick,
+// while chats are on their way to a mailbox, or while the session is
+// paused. more allocates it when a field is first set and tidy lets it go
+// once every field is back to zero, so that a session that is idle, or
+// chats to online users, carries a pointer instead of ~130 bytes (the
+// session stays in the 384-byte size class; TestSessionSizeClass). Only
+// the session's loop touches it.
+type sessionAside struct {
+	// storing counts, per recipient, this session's chats on their way to
+	// a mailbox (store attempts in the Redis queue); storingN sums it and
+	// storingBytes their lines (see throttled).
+	storing      map[string]int
+	storingN     int
+	storingBytes int
+	// deferred are chats whose store attempts answered "online on another
+	// server" while the session was paused (streamWait): resumeSender puts
+	// them on their streams before the session reads again.
+	deferred []deferredChat
+	// behind is a chat to a recipient who logged in here while the
+	// session's earlier chats to them were still unsettled on a stream:
+	// written now, it would overtake them. followWait is set until they
+	// settle (resumeBehind).
+	behind *chat
+
 	// Login and drain state.
 	kickTimer  func() bool // stops the KickWait timer
 	drain      []route.MailEntry
 	drainEnd   int64 // sent offset the current mailbox page ends at; 0 = none in flight
 	drainAgain bool  // a late kick-done arrived while draining: read once more
-	drainStart int64 // unix nanos the mailbox drain began; 0 = none (an int64, not a time.Time: the session fits a smaller size class)
+	drainStart int64 // unix nanos the mailbox drain began; 0 = none
 	// kickedBy is the login that replaced this session and waits for its
 	// unsent chats (set when kicked; read at close).
 	kickedBy *kickReply
 	kickAt   int64 // unix nanos the kick began, for KickFlush
+}
+
+// more returns the session's aside state, allocating it if need be.
+func (ss *session) more() *sessionAside {
+	if ss.aside == nil {
+		ss.aside = &sessionAside{}
+	}
+	return ss.aside
+}
+
+// tidy lets the aside state go if none of it is in use.
+func (ss *session) tidy() {
+	a := ss.aside
+	if a == nil || a.storing != nil || a.storingN != 0 || a.storingBytes != 0 ||
+		a.deferred != nil || a.behind != nil || a.kickTimer != nil || a.drain != nil ||
+		a.drainEnd != 0 || a.drainAgain || a.drainStart != 0 || a.kickedBy != nil || a.kickAt != 0 {
+		return
+	}
+	ss.aside = nil
+}
+
+// storingTo returns the session's store attempts in flight for recv.
+func (ss *session) storingTo(recv string) int {
+	if a := ss.aside; a != nil {
+		return a.storing[recv]
+	}
+	return 0
+}
+
+// draining reports whether a mailbox page is in flight to the client.
+func (ss *session) draining() bool {
+	a := ss.aside
+	return a != nil && a.drainEnd > 0
+}
+
+// kickReplyOf returns the login waiting for this kicked session, or nil.
+func (ss *session) kickReplyOf() *kickReply {
+	if a := ss.aside; a != nil {
+		return a.kickedBy
+	}
+	return nil
 }
 
 // pendingChat is a chat for a session that it has not received yet: its
@@ -237,12 +297,13 @@ func (ss *session) Written(buf []byte, marks []batch.Mark) {
 			ss.tail = append(ss.tail, buf[m.Start:m.End]...)
 		case markStored:
 			ss.s.stats.DeliveredStored.Add(1)
-			ss.drainEnd = max(ss.drainEnd, end)
+			a := ss.more()
+			a.drainEnd = max(a.drainEnd, end)
 		}
 	}
 	kernel := ss.sent - int64(ss.C.OutboundBuffered())
 	ss.prune(kernel - 2*ss.sndbuf)
-	if ss.heldBytes() > heldCheck || ss.drainEnd > 0 {
+	if ss.heldBytes() > heldCheck || ss.draining() {
 		ss.progress()
 	} else if ss.heldHead < len(ss.held) {
 		ss.s.retain(ss)
@@ -273,7 +334,7 @@ func (ss *session) Lost(buf []byte, marks []batch.Mark) {
 	}
 	if len(back) > 0 {
 		ss.s.putBack(back, "output for a connection that had closed")
-		if r := ss.kickedBy; r != nil {
+		if r := ss.kickReplyOf(); r != nil {
 			ss.s.afterPutBack(func(context.Context) { ss.s.sendKickDone(r) })
 		}
 	}
@@ -310,6 +371,7 @@ func (ss *session) shed() bool {
 	}
 	ss.tailBase += int64(len(ss.tail))
 	ss.held, ss.heldHead, ss.tail = nil, 0, nil
+	ss.tidy()
 	return ss.follows.shed()
 }
 
@@ -357,8 +419,8 @@ func (ss *session) progress() {
 	acked := ss.acked()
 	ss.prune(acked)
 	ss.pruneAt = time.Now().UnixNano()
-	if ss.drainEnd > 0 && acked >= ss.drainEnd && ss.phase.Load() == phaseDraining {
-		ss.drainEnd = 0
+	if a := ss.aside; a != nil && a.drainEnd > 0 && acked >= a.drainEnd && ss.phase.Load() == phaseDraining {
+		a.drainEnd = 0
 		ss.s.pageDone(ss)
 	}
 }
@@ -374,7 +436,8 @@ func (ss *session) watchOutput() {
 
 // needsWatch reports whether the watcher must keep checking this session.
 func (ss *session) needsWatch() bool {
-	return ss.drainEnd > 0 || ss.kickAt != 0
+	a := ss.aside
+	return a != nil && (a.drainEnd > 0 || a.kickAt != 0)
 }
 
 // settledOutput reports whether everything written has been acknowledged

@@ -221,14 +221,15 @@ func (s *Server) resumeSender(ss *session) {
 	if ss.Closed() {
 		return
 	}
-	for len(ss.deferred) > 0 && !ss.streamWait {
-		d := ss.deferred[0]
-		ss.deferred[0] = deferredChat{}
-		ss.deferred = ss.deferred[1:]
-		s.forward(nil, d.c, d.dst) // may pause the session again
+	for a := ss.aside; a != nil && len(a.deferred) > 0 && !ss.streamWait; {
+		d := a.deferred[0]
+		a.deferred[0] = deferredChat{}
+		a.deferred = a.deferred[1:]
+		s.forward(nil, d.c, d.dst) // may pause the session again (and defer more to a)
 	}
-	if len(ss.deferred) == 0 {
-		ss.deferred = nil
+	if a := ss.aside; a != nil && len(a.deferred) == 0 {
+		a.deferred = nil
+		ss.tidy()
 	}
 	ss.wakeIfFree()
 }
