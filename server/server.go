@@ -586,6 +586,10 @@ func (s *Server) watchOutput() {
 					if !ss.Closed() && ss.heldHead < len(ss.held) {
 						ss.progress()
 					}
+					if !ss.Closed() && ss.wrote {
+						ss.wrote = false // busy: keep its buffers, look again next sweep
+						return
+					}
 					if ss.Closed() || ss.shed() {
 						ss.retained = false
 						s.retaining.Delete(ss)

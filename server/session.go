@@ -107,7 +107,12 @@ type session struct {
 	heldHead int
 	sndbuf   int64 // the kernel's send buffer: it never holds more
 	retained bool  // in Server.retaining (retain)
-	pruneAt  int64 // unix nanos of the last acknowledgement check
+	// wrote is set when Written holds a chat and cleared by the retain
+	// sweep: a session that wrote since the last sweep keeps its buffers
+	// (shed would drop them, and a busy session would grow them again
+	// from nothing, twice a second).
+	wrote   bool
+	pruneAt int64 // unix nanos of the last acknowledgement check
 
 	// aside is the state in use only for a while (see sessionAside); nil
 	// when none of it is.
@@ -295,6 +300,7 @@ func (ss *session) Written(buf []byte, marks []batch.Mark) {
 			ss.s.stats.DeliveredLive.Add(1)
 			ss.held = append(ss.held, heldChat{end: end, at: ss.tailBase + int64(len(ss.tail)), n: m.End - m.Start, recv: ss.name})
 			ss.tail = append(ss.tail, buf[m.Start:m.End]...)
+			ss.wrote = true
 		case markStored:
 			ss.s.stats.DeliveredStored.Add(1)
 			a := ss.more()
