@@ -311,7 +311,14 @@ func (s *Server) logout(ss *session) {
 	ss.phase.Store(phaseAnon)
 	ss.mu.Unlock()
 	if a := ss.aside; a != nil {
-		a.drainEnd = 0
+		// The login's kick wait and drain end with it (their callbacks
+		// check the login, and find it gone).
+		if a.kickTimer != nil {
+			a.kickTimer()
+			a.kickTimer = nil
+		}
+		a.drain, a.drainEnd, a.drainAgain, a.drainStart = nil, 0, false, 0
+		ss.tidy()
 	}
 	ss.name = ""
 	ss.id.Store(nil)

@@ -274,13 +274,14 @@ func (s *Server) startDrain(ss *session) {
 	a := ss.more()
 	a.drainAgain = false
 	a.drainStart = time.Now().UnixNano()
-	s.readPage(ss, 0)
+	s.readPage(ss, ss.id.Load(), 0)
 }
 
-// readPage reads the next page of ss's mailbox off the loop.
-func (s *Server) readPage(ss *session, attempt int) {
-	id := ss.id.Load()
-	if id == nil {
+// readPage reads the next page of ss's mailbox off the loop, for login id
+// (nothing if the session has left that login's drain: a retry can come
+// after a logout and a new login, which must not be made live from here).
+func (s *Server) readPage(ss *session, id *identity, attempt int) {
+	if id == nil || ss.Closed() || ss.id.Load() != id || ss.phase.Load() != phaseDraining {
 		return
 	}
 	ok := s.redis.call(func(ctx context.Context) {
@@ -304,7 +305,7 @@ func (s *Server) gotPage(ss *session, id *identity, entries []route.MailEntry, e
 	if err != nil {
 		s.stats.RedisErrors.Add(1)
 		if attempt < 3 {
-			time.AfterFunc(200*time.Millisecond, func() { ss.Loop.Post(func() { s.readPage(ss, attempt+1) }) })
+			time.AfterFunc(200*time.Millisecond, func() { ss.Loop.Post(func() { s.readPage(ss, id, attempt+1) }) })
 			return
 		}
 		s.log.Warn("cannot read the mailbox; it stays for the next login", "user", id.name, "err", err)
@@ -314,7 +315,7 @@ func (s *Server) gotPage(ss *session, id *identity, entries []route.MailEntry, e
 	if len(entries) == 0 {
 		if a := ss.aside; a != nil && a.drainAgain {
 			a.drainAgain = false
-			s.readPage(ss, 0)
+			s.readPage(ss, id, 0)
 			return
 		}
 		s.goLive(ss)
@@ -367,7 +368,7 @@ func (s *Server) pageDone(ss *session) {
 					s.goLive(ss) // don't deliver the same page twice
 					return
 				}
-				s.readPage(ss, 0)
+				s.readPage(ss, id, 0)
 			}
 		})
 	}) {
@@ -388,6 +389,7 @@ func (s *Server) goLive(ss *session) {
 			a.kickTimer() // live: the kick wait is over
 			a.kickTimer = nil
 		}
+		a.drainAgain = false // (left set when the drain ended on an error: the mailbox waits for the next login)
 		ss.tidy()
 	}
 	ss.mu.Lock()

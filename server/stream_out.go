@@ -225,7 +225,7 @@ func (s *Server) resumeSender(ss *session) {
 		d := a.deferred[0]
 		a.deferred[0] = deferredChat{}
 		a.deferred = a.deferred[1:]
-		s.forward(nil, d.c, d.dst) // may pause the session again (and defer more to a)
+		s.forward(nil, d.c, d.dst) // may pause the session again
 	}
 	if a := ss.aside; a != nil && len(a.deferred) == 0 {
 		a.deferred = nil
