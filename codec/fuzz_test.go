@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/bytedance/sonic"
 )
 
 // FuzzDecode: Decode never panics, and whatever it accepts re-encodes to JSON
@@ -15,11 +17,19 @@ func FuzzDecode(f *testing.F) {
 		`{"cmd":"chat","send":"zhima201","recv":"zhima202","content":"how are youe"}`,
 		`{"cmd":"chat","recv":"bob","content":"x\u0000y","id":"1"}`,
 		`{"cmd":"ping","id":12345678901234567890}`,
-		`[[[[[[`, "\x00\xff", `{"cmd":"chat","recv":1}`,
+		`[[[[[[`, "\x00\xff", `{"cmd":"chat","recv":1}`, `{"cmd":"ping"} {}`, "{\"cmd\":\"chat\",\"recv\":\"b\",\"content\":\"a\x01b\"}",
 	} {
 		f.Add([]byte(s))
 	}
+	ref := sonic.Config{ValidateString: true}.Froze()
 	f.Fuzz(func(t *testing.T, line []byte) {
+		// The pooled decoder agrees with sonic's own Unmarshal.
+		got, gerr := decodeWire(line)
+		want := wire{Cmd: absent, Name: absent, Send: absent, Recv: absent, Content: absent}
+		werr := ref.Unmarshal(line, &want)
+		if (gerr == nil) != (werr == nil) || !sameWire(got, want) {
+			t.Fatalf("decodeWire(%q) = %+v, %v; sonic's Unmarshal = %+v, %v", line, got, gerr, want, werr)
+		}
 		var r Request
 		err := Decode(line, &r)
 		if err != nil {
@@ -45,6 +55,13 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// sameWire compares two decoded wires, absent fields included.
+func sameWire(a, b wire) bool {
+	str := func(x, y string) bool { return isAbsent(x) == isAbsent(y) && x == y }
+	return str(a.Cmd, b.Cmd) && str(a.Name, b.Name) && str(a.Token, b.Token) && str(a.Send, b.Send) &&
+		str(a.Recv, b.Recv) && str(a.Content, b.Content) && bytes.Equal(a.ID, b.ID)
 }
 
 func isWrappedProto(err error) bool {
