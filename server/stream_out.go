@@ -435,11 +435,16 @@ func (o *outStream) ack(id, seq uint64) {
 // grow a fresh buffer from nothing after every full acknowledgement).
 // While a flush is writing from buf with o.mu released, the bytes go to a
 // fresh array instead: buf's bytes never change under a writer. A buffer
-// grown past twice the flow-control window (a hold) is let go once empty.
+// grown past four times the flow-control window (a hold) is let go once
+// empty. (Not twice: a stream kept at its window holds up to a window of
+// unacknowledged bytes behind as many acknowledged ones before it is
+// compacted, so its array grows past twice the window by append's
+// rounding, and was let go and grown again from nothing at each full
+// acknowledgement.)
 // o.mu held.
 func (o *outStream) compact() {
 	if o.fh == len(o.frames) {
-		if o.writing == 0 && cap(o.buf) <= 2*o.s.opt.streamWindow {
+		if o.writing == 0 && cap(o.buf) <= 4*o.s.opt.streamWindow {
 			o.buf = o.buf[:0]
 		} else {
 			o.buf = o.buf[:0:0]
