@@ -27,7 +27,8 @@ func FuzzDecode(f *testing.F) {
 		got, gerr := decodeWire(line)
 		want := wire{Cmd: absent, Name: absent, Send: absent, Recv: absent, Content: absent}
 		werr := ref.Unmarshal(line, &want)
-		if (gerr == nil) != (werr == nil) || !sameWire(got, want) {
+		// (Decode answers a type mismatch and other errors differently.)
+		if (gerr == nil) != (werr == nil) || isMismatch(gerr) != isMismatch(werr) || !sameWire(got, want) {
 			t.Fatalf("decodeWire(%q) = %+v, %v; sonic's Unmarshal = %+v, %v", line, got, gerr, want, werr)
 		}
 		var r Request
