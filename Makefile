@@ -40,13 +40,7 @@ fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 fuzz:
-	@for p in $(FUZZ_PKGS); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$p | grep ^Fuzz); do \
-	    echo "fuzz $$p $$f for $(FUZZTIME)"; \
-	    $(GO) test $$p -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) >/tmp/relaychat-fuzz.log 2>&1 \
-	      || { cat /tmp/relaychat-fuzz.log; exit 1; }; \
-	  done; \
-	done
+	@GO=$(GO) FUZZTIME=$(FUZZTIME) scripts/fuzz.sh $(FUZZ_PKGS)
 
 # make bench [SCENARIO=...] [BENCH_ARGS="chat-bench flags"]. SCENARIO=floor runs
 # the anchor load against chat-bench's minimal relay (the machine's floor);
