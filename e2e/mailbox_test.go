@@ -304,3 +304,90 @@ func TestBacklogAtClose(t *testing.T) {
 		})
 	}
 }
+
+// TestLogoutDuringDrain: a logout while a mailbox page is on its way to the
+// client waits for the page (it leaves the mailbox only once the client's
+// TCP stack has it), so each stored chat arrives once, across this login
+// and the next.
+func TestLogoutDuringDrain(t *testing.T) {
+	t.Parallel()
+	cl := startCluster(t, clusterConfig{})
+	an, bn := cl.name("alice"), cl.name("bob")
+	a := cl.login(t, 0, an)
+	const n = 60
+	pad := strings.Repeat("x", 2000)
+	for i := 0; i < n; i++ {
+		a.Send(t, chatReq(t, an, bn, fmt.Sprintf("%d:%s", i, pad), i))
+		expectStoredAck(t, a, i)
+	}
+
+	// bob reads through a small receive buffer: most of the page (120 KB)
+	// waits in the server's send queue, unacknowledged, until he reads.
+	c, err := net.Dial("tcp", cl.s[1].addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.(*net.TCPConn).SetReadBuffer(4096)
+	_ = c.SetDeadline(time.Now().Add(2 * wait))
+	fmt.Fprintf(c, `{"cmd":"login","name":%q}`+"\n", bn)
+	r := bufio.NewReader(c)
+	seen := make([]int, n)
+	order := []int{}
+	readLine := func() map[string]any {
+		t.Helper()
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("bob: %v", err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("bob: %q: %v", line, err)
+		}
+		return m
+	}
+	note := func(m map[string]any) {
+		t.Helper()
+		content, _ := m["content"].(string)
+		i, err := strconv.Atoi(strings.SplitN(content, ":", 2)[0])
+		if m["cmd"] != "chat" || m["stored"] != true || err != nil || i < 0 || i >= n {
+			t.Fatalf("bob got %.80v, want a stored chat", m)
+		}
+		seen[i]++
+		order = append(order, i)
+	}
+	if m := readLine(); m["cmd"] != "login" || m["ok"] != true {
+		t.Fatalf("bob's login: %v", m)
+	}
+	note(readLine()) // the page is being written
+	fmt.Fprintf(c, `{"cmd":"logout","id":"out"}`+"\n")
+	for {
+		m := readLine()
+		if m["cmd"] == "logout" {
+			if m["ok"] != true || m["id"] != "out" {
+				t.Fatalf("logout reply %v", m)
+			}
+			break
+		}
+		note(m)
+	}
+	first := len(order)
+
+	// The next login gets what the first did not, and nothing twice.
+	b := cl.login(t, 0, bn)
+	for len(order) < n {
+		note(b.ReadJSON(t, wait))
+	}
+	b.ExpectNothing(t, quiet)
+	for i, k := range seen {
+		if k != 1 {
+			t.Fatalf("stored chat %d delivered %d times (first login got %d of %d)", i, k, first, n)
+		}
+	}
+	for i, k := range order {
+		if k != i {
+			t.Fatalf("stored chats out of order: %v", order)
+		}
+	}
+	t.Logf("stored=%d delivered=%d (first login %d, second %d) duplicated=0 reordered=0", n, len(order), first, len(order)-first)
+}

@@ -272,6 +272,16 @@ func (s *Server) handle(l *batch.Loop, ss *session, line []byte) {
 			s.replyErr(l, ss, codec.ErrNotLoggedIn, req.ID)
 			return
 		}
+		if ss.draining() {
+			// A mailbox page is on its way to the client: it leaves the
+			// mailbox once the client's TCP stack has it (progress).
+			// Logged out now, the page would stay there and come again at
+			// the next login; so the logout waits for it, and the session
+			// reads nothing more meanwhile.
+			ss.more().logoutID = append([]byte(nil), req.ID...)
+			ss.logoutWait = true
+			return
+		}
 		s.logout(ss)
 		out := l.Out(&ss.Endpoint)
 		*out = codec.AppendLogoutOK(*out, req.ID)
@@ -297,6 +307,31 @@ func (s *Server) replyErr(l *batch.Loop, ss *session, err error, id []byte) {
 	s.stats.Errors.Add(1)
 	out := l.Out(&ss.Endpoint)
 	*out = codec.AppendError(*out, err.Error(), id)
+}
+
+// finishLogout carries out the logout that waited for a mailbox page, on
+// the session's loop, once the page is in the client's TCP stack and out of
+// the mailbox (so a login that follows cannot read it again): the rest of
+// the mailbox stays for the next login. A no-op unless a logout waits.
+func (s *Server) finishLogout(ss *session) {
+	if !ss.logoutWait {
+		return
+	}
+	ss.logoutWait = false
+	var id []byte
+	if a := ss.aside; a != nil {
+		id, a.logoutID = a.logoutID, nil
+	}
+	if ss.Closed() || ss.gone.Load() {
+		ss.tidy()
+		return
+	}
+	if ss.id.Load() != nil {
+		s.logout(ss)
+	}
+	ss.tidy()
+	ss.WriteNow(codec.AppendLogoutOK(nil, id), nil) // before any reply to what the client sent next
+	ss.wakeIfFree()
 }
 
 // logout ends the session's login; the connection stays open. Chats still

@@ -352,6 +352,9 @@ func (s *Server) pageDone(ss *session) {
 	}
 	id := ss.id.Load()
 	if id == nil || len(page) == 0 {
+		if ss.logoutWait {
+			ss.Loop.Post(func() { s.finishLogout(ss) })
+		}
 		return
 	}
 	if !s.redis.call(func(ctx context.Context) {
@@ -363,6 +366,13 @@ func (s *Server) pageDone(ss *session) {
 			s.log.Warn("delivered stored chats not removed from the mailbox", "user", id.name, "chats", len(page), "err", err, "head_changed", !ok && err == nil)
 		}
 		ss.Loop.Post(func() {
+			if ss.logoutWait {
+				// The page is out of the mailbox (or could not be taken
+				// out): the logout that waited for it goes on, and the
+				// rest of the mailbox stays for the next login.
+				s.finishLogout(ss)
+				return
+			}
 			if !ss.Closed() && ss.id.Load() == id && ss.phase.Load() == phaseDraining {
 				if err != nil {
 					s.goLive(ss) // don't deliver the same page twice
@@ -373,6 +383,10 @@ func (s *Server) pageDone(ss *session) {
 		})
 	}) {
 		s.stats.Busy.Add(1)
+		if ss.logoutWait {
+			ss.Loop.Post(func() { s.finishLogout(ss) })
+			return
+		}
 		s.goLive(ss)
 	}
 }

@@ -78,6 +78,9 @@ type session struct {
 	// followWait is set while a chat waits behind the session's earlier
 	// chats to its recipient (sessionAside.behind).
 	followWait bool
+	// logoutWait is set while a logout waits for the mailbox page on its
+	// way to the client (see finishLogout).
+	logoutWait bool
 	// gone is set when the session is kicked or the server shuts down: it
 	// takes no more requests, and its close releases no route (it belongs
 	// to the newer login, or is released in bulk).
@@ -154,6 +157,9 @@ type sessionAside struct {
 	// unsent chats (set when kicked; read at close).
 	kickedBy *kickReply
 	kickAt   int64 // unix nanos the kick began, for KickFlush
+	// logoutID is the id of the logout waiting for the page in flight
+	// (session.logoutWait).
+	logoutID []byte
 }
 
 // more returns the session's aside state, allocating it if need be.
@@ -167,7 +173,7 @@ func (ss *session) more() *sessionAside {
 // tidy lets the aside state go if none of it is in use.
 func (ss *session) tidy() {
 	a := ss.aside
-	if a == nil || a.storing != nil || a.storingN != 0 || a.storingBytes != 0 ||
+	if a == nil || ss.logoutWait || a.logoutID != nil || a.storing != nil || a.storingN != 0 || a.storingBytes != 0 ||
 		a.deferred != nil || a.behind != nil || a.kickTimer != nil || a.drain != nil ||
 		a.drainEnd != 0 || a.drainAgain || a.drainStart != 0 || a.kickedBy != nil || a.kickAt != 0 {
 		return
@@ -248,7 +254,7 @@ type outcome struct {
 // live reports whether chats may be written to the session directly.
 // busy reports whether the session's input waits (see offloading).
 func (ss *session) busy() bool {
-	return ss.offloading || ss.throttled || ss.streamWait || ss.followWait
+	return ss.offloading || ss.throttled || ss.streamWait || ss.followWait || ss.logoutWait
 }
 
 // wakeIfFree has the session's waiting input served once nothing keeps
