@@ -47,6 +47,10 @@ func TestServerCrash(t *testing.T) {
 
 	cl.s[1].proc.Kill()
 	cl.proxy.WaitLine(t, `msg="link down".*server=s2`, wait)
+	// s1 learns from the proxy that s2 is unreachable a few milliseconds
+	// later; a chat sent before that goes to the proxy, is acknowledged
+	// once it is in the kernel, and only then held.
+	cl.s[0].proc.WaitLine(t, `msg="stream path down: holding chats for the server".*server=s2`, wait)
 	if got := cl.routeServer(t, bn); got != "s2" {
 		t.Fatalf("route of %s names %q right after the crash, want the dead s2", bn, got)
 	}
