@@ -314,15 +314,16 @@ func TestLogoutDuringDrain(t *testing.T) {
 	cl := startCluster(t, clusterConfig{})
 	an, bn := cl.name("alice"), cl.name("bob")
 	a := cl.login(t, 0, an)
-	const n = 60
-	pad := strings.Repeat("x", 2000)
+	const n = 150 // two pages (drainPage is 100): the second stays for the next login
+	pad := strings.Repeat("x", 1500)
 	for i := 0; i < n; i++ {
 		a.Send(t, chatReq(t, an, bn, fmt.Sprintf("%d:%s", i, pad), i))
 		expectStoredAck(t, a, i)
 	}
 
-	// bob reads through a small receive buffer: most of the page (120 KB)
-	// waits in the server's send queue, unacknowledged, until he reads.
+	// bob reads through a small receive buffer: most of the first page
+	// (150 KB) waits in the server's send queue, unacknowledged, until he
+	// reads.
 	c, err := net.Dial("tcp", cl.s[1].addr)
 	if err != nil {
 		t.Fatal(err)

@@ -229,6 +229,8 @@ func (s *Server) checkPending(l *batch.Loop, ss *session, waiting int) gnet.Acti
 	switch {
 	case ss.streamWait:
 		waitingOn = "a stream over its flow-control window"
+	case ss.logoutWait:
+		waitingOn = "a logout waiting for its mailbox page to reach the client"
 	case ss.followWait:
 		waitingOn = "earlier chats to the same recipient, held on a stream"
 	}
@@ -272,12 +274,13 @@ func (s *Server) handle(l *batch.Loop, ss *session, line []byte) {
 			s.replyErr(l, ss, codec.ErrNotLoggedIn, req.ID)
 			return
 		}
-		if ss.draining() {
-			// A mailbox page is on its way to the client: it leaves the
-			// mailbox once the client's TCP stack has it (progress).
-			// Logged out now, the page would stay there and come again at
-			// the next login; so the logout waits for it, and the session
-			// reads nothing more meanwhile.
+		if ss.pageUnsettled() {
+			// A mailbox page is on its way to the client, or its removal
+			// from the mailbox has not answered: it leaves the mailbox
+			// once the client's TCP stack has it (progress, pageDone).
+			// Logged out now, the page could come again at the next login
+			// (here or elsewhere); so the logout waits for the removal's
+			// answer, and the session reads nothing more meanwhile.
 			ss.more().logoutID = append([]byte(nil), req.ID...)
 			ss.logoutWait = true
 			return
@@ -310,8 +313,9 @@ func (s *Server) replyErr(l *batch.Loop, ss *session, err error, id []byte) {
 }
 
 // finishLogout carries out the logout that waited for a mailbox page, on
-// the session's loop, once the page is in the client's TCP stack and out of
-// the mailbox (so a login that follows cannot read it again): the rest of
+// the session's loop, once the page is in the client's TCP stack and its
+// removal from the mailbox has answered (so a login that follows does not
+// read it again, unless the removal failed, which is logged): the rest of
 // the mailbox stays for the next login. A no-op unless a logout waits.
 func (s *Server) finishLogout(ss *session) {
 	if !ss.logoutWait {

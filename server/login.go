@@ -211,6 +211,7 @@ func (s *Server) kickSession(old *session, reply *kickReply) {
 			s.reg.remove(id.name, old)
 		}
 		old.WriteNow(codec.AppendKicked(nil, codec.ReasonKicked), nil)
+		old.progress() // a mailbox page the client has by now leaves the mailbox before the close
 		if old.settledOutput() {
 			_ = old.C.Close()
 			return
@@ -357,6 +358,7 @@ func (s *Server) pageDone(ss *session) {
 		}
 		return
 	}
+	ss.more().removing = true // a logout waits for the answer (pageUnsettled)
 	if !s.redis.call(func(ctx context.Context) {
 		ok, err := s.opt.Router.RemoveMailbox(ctx, id.name, page)
 		if err != nil || !ok {
@@ -366,10 +368,14 @@ func (s *Server) pageDone(ss *session) {
 			s.log.Warn("delivered stored chats not removed from the mailbox", "user", id.name, "chats", len(page), "err", err, "head_changed", !ok && err == nil)
 		}
 		ss.Loop.Post(func() {
+			if a := ss.aside; a != nil {
+				a.removing = false
+			}
 			if ss.logoutWait {
-				// The page is out of the mailbox (or could not be taken
-				// out): the logout that waited for it goes on, and the
-				// rest of the mailbox stays for the next login.
+				// The page's removal has answered (it is out of the
+				// mailbox, or the warning above says why not): the logout
+				// that waited for it goes on, and the rest of the mailbox
+				// stays for the next login.
 				s.finishLogout(ss)
 				return
 			}
@@ -380,8 +386,10 @@ func (s *Server) pageDone(ss *session) {
 				}
 				s.readPage(ss, id, 0)
 			}
+			ss.tidy()
 		})
 	}) {
+		ss.aside.removing = false
 		s.stats.Busy.Add(1)
 		if ss.logoutWait {
 			ss.Loop.Post(func() { s.finishLogout(ss) })

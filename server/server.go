@@ -780,6 +780,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 				return
 			}
 			ss.WriteNow(bye, nil)
+			ss.progress() // a mailbox page the client has by now leaves the mailbox before the close
 			if ss.settledOutput() {
 				_ = ss.C.Close()
 				return

@@ -160,6 +160,10 @@ type sessionAside struct {
 	// logoutID is the id of the logout waiting for the page in flight
 	// (session.logoutWait).
 	logoutID []byte
+	// removing is set while an acknowledged page's removal from the
+	// mailbox has not answered: a logout waits for it too (a login that
+	// followed could read the page again).
+	removing bool
 }
 
 // more returns the session's aside state, allocating it if need be.
@@ -173,7 +177,7 @@ func (ss *session) more() *sessionAside {
 // tidy lets the aside state go if none of it is in use.
 func (ss *session) tidy() {
 	a := ss.aside
-	if a == nil || ss.logoutWait || a.logoutID != nil || a.storing != nil || a.storingN != 0 || a.storingBytes != 0 ||
+	if a == nil || ss.logoutWait || a.logoutID != nil || a.removing || a.storing != nil || a.storingN != 0 || a.storingBytes != 0 ||
 		a.deferred != nil || a.behind != nil || a.kickTimer != nil || a.drain != nil ||
 		a.drainEnd != 0 || a.drainAgain || a.drainStart != 0 || a.kickedBy != nil || a.kickAt != 0 {
 		return
@@ -193,6 +197,13 @@ func (ss *session) storingTo(recv string) int {
 func (ss *session) draining() bool {
 	a := ss.aside
 	return a != nil && a.drainEnd > 0
+}
+
+// pageUnsettled reports whether a mailbox page is in flight to the client
+// or its removal from the mailbox has not answered yet.
+func (ss *session) pageUnsettled() bool {
+	a := ss.aside
+	return a != nil && (a.drainEnd > 0 || a.removing)
 }
 
 // kickReplyOf returns the login waiting for this kicked session, or nil.
