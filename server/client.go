@@ -97,9 +97,7 @@ func (s *Server) closeSession(ss *session) {
 	if id != nil {
 		s.stats.Sessions.Add(-1)
 	}
-	if a := ss.aside; a != nil && a.kickTimer != nil {
-		a.kickTimer()
-	}
+	ss.stopKickWait()
 	// A worker still out on this session's behalf finds closedMark and
 	// undoes its login itself; one that already finished left its outcome.
 	if o := ss.result.Swap(closedMark); o != nil && o != closedMark {
@@ -352,10 +350,7 @@ func (s *Server) logout(ss *session) {
 	if a := ss.aside; a != nil {
 		// The login's kick wait and drain end with it (their callbacks
 		// check the login, and find it gone).
-		if a.kickTimer != nil {
-			a.kickTimer()
-			a.kickTimer = nil
-		}
+		ss.stopKickWait()
 		a.drain, a.drainEnd, a.drainAgain, a.drainStart = nil, 0, false, 0
 		ss.tidy()
 	}

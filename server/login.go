@@ -210,14 +210,7 @@ func (s *Server) kickSession(old *session, reply *kickReply) {
 		if id := old.id.Load(); id != nil {
 			s.reg.remove(id.name, old)
 		}
-		old.WriteNow(codec.AppendKicked(nil, codec.ReasonKicked), nil)
-		old.progress() // a mailbox page the client has by now leaves the mailbox before the close
-		if old.settledOutput() {
-			_ = old.C.Close()
-			return
-		}
-		old.more().kickAt = time.Now().UnixNano()
-		s.watch(old)
+		s.closeAfter(old, codec.AppendKicked(nil, codec.ReasonKicked))
 	})
 }
 
@@ -249,10 +242,7 @@ func (s *Server) kickDone(name, token string) {
 		}
 		switch ss.phase.Load() {
 		case phaseWaitKick:
-			if a := ss.aside; a != nil && a.kickTimer != nil {
-				a.kickTimer()
-				a.kickTimer = nil
-			}
+			ss.stopKickWait()
 			s.startDrain(ss)
 		case phaseDraining:
 			ss.more().drainAgain = true
@@ -407,10 +397,7 @@ func (s *Server) goLive(ss *session) {
 			s.hist.drain.Since(time.Unix(0, a.drainStart))
 			a.drainStart = 0
 		}
-		if a.kickTimer != nil {
-			a.kickTimer() // live: the kick wait is over
-			a.kickTimer = nil
-		}
+		ss.stopKickWait()    // live: the kick wait is over
 		a.drainAgain = false // (left set when the drain ended on an error: the mailbox waits for the next login)
 		ss.tidy()
 	}

@@ -601,6 +601,20 @@ func (s *Server) watchOutput() {
 	}
 }
 
+// closeAfter writes last to a session that is going (kicked, or the server
+// is stopping) and closes it once its client has acknowledged everything,
+// at once if it has, or else by KickFlush (checkWatched). On its loop.
+func (s *Server) closeAfter(ss *session, last []byte) {
+	ss.WriteNow(last, nil)
+	ss.progress() // a mailbox page the client has by now leaves the mailbox before the close
+	if ss.settledOutput() {
+		_ = ss.C.Close()
+		return
+	}
+	ss.more().kickAt = time.Now().UnixNano()
+	s.watch(ss)
+}
+
 func (s *Server) checkWatched(ss *session) {
 	if ss.Closed() {
 		s.watching.Delete(ss)
@@ -779,14 +793,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 			if ss.Closed() {
 				return
 			}
-			ss.WriteNow(bye, nil)
-			ss.progress() // a mailbox page the client has by now leaves the mailbox before the close
-			if ss.settledOutput() {
-				_ = ss.C.Close()
-				return
-			}
-			ss.more().kickAt = time.Now().UnixNano()
-			s.watch(ss)
+			s.closeAfter(ss, bye)
 		})
 	})
 	sctx, cancel = step()

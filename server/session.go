@@ -185,6 +185,14 @@ func (ss *session) tidy() {
 	ss.aside = nil
 }
 
+// stopKickWait stops the login's KickWait timer, if one is set.
+func (ss *session) stopKickWait() {
+	if a := ss.aside; a != nil && a.kickTimer != nil {
+		a.kickTimer()
+		a.kickTimer = nil
+	}
+}
+
 // storingTo returns the session's store attempts in flight for recv.
 func (ss *session) storingTo(recv string) int {
 	if a := ss.aside; a != nil {
