@@ -45,6 +45,7 @@ const (
 	ErrRoutingDown    ProtoError = "routing store unavailable"
 	ErrBusy           ProtoError = "server busy, try again"
 	ErrShuttingDown   ProtoError = "server shutting down"
+	ErrStarting       ProtoError = "server starting, try again"
 	ErrUnreachableDst ProtoError = "recipient's server unreachable"
 
 	// Limits (the connection is closed after most of these).

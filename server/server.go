@@ -81,8 +81,10 @@ type Server struct {
 	// budget with clients.
 	openLinks atomic.Int64
 	// started is set once the id is ours and stale routes are cleared:
-	// connections before that are refused.
+	// connections before that are refused (refuseStarting).
 	started atomic.Bool
+	// bound is set once the listeners' bound addresses are filled in.
+	bound atomic.Bool
 	// closing is set at the start of Shutdown.
 	closing atomic.Bool
 	// ready is false while the routing store does not answer (readiness).
@@ -329,6 +331,7 @@ func (s *Server) startEngine() error {
 		l.anyAddr = l.ip.IsUnspecified()
 		l.bound = net.JoinHostPort(l.ip.String(), strconv.Itoa(l.port))
 	}
+	s.bound.Store(true) // listenerOf may read the listeners from the loops
 	return nil
 }
 
@@ -403,7 +406,7 @@ func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		return s.openLink(lk, c, l)
 	}
 	if !s.started.Load() {
-		return codec.AppendError(nil, string(codec.ErrShuttingDown), nil), gnet.Close
+		return s.refuseStarting(c)
 	}
 	lst := s.listenerOf(c)
 	if lst == nil {
@@ -421,6 +424,23 @@ func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	default:
 		return s.openSession(c, l, false)
 	}
+}
+
+// refuseStarting answers a connection that came while Start runs: the
+// listeners are bound and the peer address announced before the routing
+// store has cleared this id's stale routes. A telnet-style client is told
+// to come back. A peer that found the announcement gets a plain close,
+// which its dialer retries quietly: a line would read as a failed hello, a
+// warning and link_auth_failures for what is no attack. A WebSocket client
+// waits for an HTTP answer, which a JSON line is not.
+func (s *Server) refuseStarting(c gnet.Conn) ([]byte, gnet.Action) {
+	if !s.bound.Load() {
+		return nil, gnet.Close // which listener is not known yet
+	}
+	if lst := s.listenerOf(c); lst != nil && lst.kind == "client" {
+		return codec.AppendError(nil, string(codec.ErrStarting), nil), gnet.Close
+	}
+	return nil, gnet.Close
 }
 
 func (h *handler) OnTraffic(c gnet.Conn) gnet.Action {
