@@ -17,6 +17,9 @@ func FuzzDecode(f *testing.F) {
 		`{"cmd":"chat","send":"zhima201","recv":"zhima202","content":"how are youe"}`,
 		`{"cmd":"chat","recv":"bob","content":"x\u0000y","id":"1"}`,
 		`{"cmd":"ping","id":12345678901234567890}`,
+		`{"cmd":"chat","recv":"bob","content":"hi","id":-0}`, ` { "cmd" : "login" , "name" : "al" , "token" : "t" } `,
+		`{"cmd":"chat","recv":"bob","content":"hi","id":1.5}`, `{"cmd":"chat","recv":"bob","content":"hi","id":01}`,
+		`{"Cmd":"ping"}`, `{"cmd":"ping","cmd":"chat"}`, `{"cmd":null}`, `{"cmd":"ping","id":1 }`, `{}`, `{"cmd":"ping",}`,
 		`[[[[[[`, "\x00\xff", `{"cmd":"chat","recv":1}`, `{"cmd":"ping"} {}`, "{\"cmd\":\"chat\",\"recv\":\"b\",\"content\":\"a\x01b\"}",
 	} {
 		f.Add([]byte(s))
@@ -30,6 +33,12 @@ func FuzzDecode(f *testing.F) {
 		// (Decode answers a type mismatch and other errors differently.)
 		if (gerr == nil) != (werr == nil) || isMismatch(gerr) != isMismatch(werr) || !sameWire(got, want) {
 			t.Fatalf("decodeWire(%q) = %+v, %v; sonic's Unmarshal = %+v, %v", line, got, gerr, want, werr)
+		}
+		// The fast path, wherever it answers, answers as sonic does.
+		if utf8.Valid(line) {
+			if fast, ok := fastWire(line); ok && (werr != nil || !sameWire(fast, want)) {
+				t.Fatalf("fastWire(%q) = %+v; sonic's Unmarshal = %+v, %v", line, fast, want, werr)
+			}
 		}
 		var r Request
 		err := Decode(line, &r)

@@ -118,7 +118,11 @@ func Decode(line []byte, r *Request) error {
 		}
 		return ErrInvalidJSON
 	}
-	w, err := decodeWire(line)
+	w, ok := fastWire(line)
+	var err error
+	if !ok {
+		w, err = decodeWire(line)
+	}
 	if err != nil {
 		if !isMismatch(err) {
 			return ErrInvalidJSON
