@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -40,11 +41,10 @@ func (s *Server) openSession(c gnet.Conn, l *batch.Loop, ws bool) ([]byte, gnet.
 	ss.C = c
 	ss.Loop = l
 	ss.Hooks = ss
-	ss.MaxOut = s.opt.MaxOutbound
-	ss.OnSlow = func() { s.cutSlow(ss) }
+	ss.MaxOut = s.opt.MaxOutbound // past it, Slow
 	if ws {
 		ss.ws = newWSState(s.opt.MaxLine)
-		ss.Frame = wsFrame
+		ss.Framer = &batch.Framer{Frame: wsFrame}
 	}
 	ss.sndbuf = s.sendBuffer(c)
 	now := time.Now().UnixNano()
@@ -67,6 +67,10 @@ func (s *Server) sendBuffer(c gnet.Conn) int64 {
 	}
 	return 4 << 20
 }
+
+// Slow implements batch.SlowHooks: the client's backlog passed
+// MaxOutbound.
+func (ss *session) Slow() { ss.s.cutSlow(ss) }
 
 // cutSlow disconnects a client that does not read fast enough. Any loop.
 func (s *Server) cutSlow(ss *session) {
@@ -265,7 +269,10 @@ func (s *Server) handle(l *batch.Loop, ss *session, line []byte) {
 					return
 				}
 			}
-			s.startLogin(ss, req.Name, req.ID)
+			// The name is kept for the whole session (session, identity,
+			// registry key): its own copy, not a slice that keeps the
+			// whole decoded login line alive.
+			s.startLogin(ss, strings.Clone(req.Name), req.ID)
 		}
 	case codec.CmdLogout:
 		if ss.name == "" {
@@ -343,8 +350,7 @@ func (s *Server) logout(ss *session) {
 	id := ss.id.Load()
 	ours := s.reg.remove(id.name, ss)
 	ss.mu.Lock()
-	back := ss.pending
-	ss.pending, ss.pendingBytes = nil, 0
+	back := ss.takePending()
 	ss.phase.Store(phaseAnon)
 	ss.mu.Unlock()
 	if a := ss.aside; a != nil {

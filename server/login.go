@@ -402,8 +402,7 @@ func (s *Server) goLive(ss *session) {
 		ss.tidy()
 	}
 	ss.mu.Lock()
-	pend := ss.pending
-	ss.pending, ss.pendingBytes = nil, 0
+	pend := ss.takePending()
 	if ss.phase.Load() != phaseClosed {
 		ss.phase.Store(phaseLive)
 	}

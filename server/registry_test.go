@@ -42,8 +42,8 @@ func TestRegistryParksChatsForLoginsInFlight(t *testing.T) {
 		t.Fatalf("putIfNewer: ok=%v queued=%d, want 3 queued", ok, len(queued))
 	}
 	for i, c := range queued {
-		if c.seq != uint64(i+2) || ss.pending[i].ts != int64(i+2) {
-			t.Fatalf("queued %d: seq %d ts %d, want %d", i, c.seq, ss.pending[i].ts, i+2)
+		if c.seq != uint64(i+2) || ss.pending.chats[i].ts != int64(i+2) {
+			t.Fatalf("queued %d: seq %d ts %d, want %d", i, c.seq, ss.pending.chats[i].ts, i+2)
 		}
 	}
 	noStore := func(chats []*chat) []*chat {

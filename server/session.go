@@ -94,10 +94,10 @@ type session struct {
 	refilled int64
 
 	// mu guards pending, which other loops fill while the session is not
-	// live yet.
-	mu           sync.Mutex
-	pending      []pendingChat
-	pendingBytes int
+	// live yet: nil when empty, as it is for the whole life of most
+	// sessions.
+	mu      sync.Mutex
+	pending *pendingQueue
 
 	// Output tracking (see Written): sent counts every byte handed to the
 	// connection; held keeps, with copies of their lines in tail, the live
@@ -298,12 +298,34 @@ func (ss *session) queue(c pendingChat) (queued, closed bool) {
 	case phaseClosed:
 		return false, true
 	}
-	ss.pending = append(ss.pending, c)
-	ss.pendingBytes += len(c.line)
-	if ss.pendingBytes > ss.s.opt.MaxOutbound && !ss.gone.Load() {
+	q := ss.pending
+	if q == nil {
+		q = new(pendingQueue)
+		ss.pending = q
+	}
+	q.chats = append(q.chats, c)
+	q.bytes += len(c.line)
+	if q.bytes > ss.s.opt.MaxOutbound && !ss.gone.Load() {
 		ss.s.cutSlow(ss)
 	}
 	return true, false
+}
+
+// pendingQueue is what queue kept for a session that is not live yet.
+type pendingQueue struct {
+	chats []pendingChat
+	bytes int
+}
+
+// takePending empties the session's pending queue and returns its chats;
+// ss.mu held.
+func (ss *session) takePending() []pendingChat {
+	q := ss.pending
+	ss.pending = nil
+	if q == nil {
+		return nil
+	}
+	return q.chats
 }
 
 // Written implements batch.Hooks. A chat counts as delivered once the
@@ -508,8 +530,7 @@ func (ss *session) cut() []pendingChat {
 	ss.held, ss.heldHead, ss.tail = nil, 0, nil
 	ss.mu.Lock()
 	ss.phase.Store(phaseClosed)
-	out = append(out, ss.pending...)
-	ss.pending, ss.pendingBytes = nil, 0
+	out = append(out, ss.takePending()...)
 	ss.mu.Unlock()
 	return out
 }

@@ -43,20 +43,36 @@ type Endpoint struct {
 	C    gnet.Conn
 	Loop *Loop // the loop that owns C
 	// MaxOut, when > 0, is the outbound backlog (bytes in gnet's buffer)
-	// past which OnSlow is called once, on the owning loop.
+	// past which Hooks' Slow is called once (if Hooks is SlowHooks), on
+	// the owning loop.
 	MaxOut int
-	OnSlow func()
 	// Hooks, when not nil, is told of every write (see Hooks).
 	Hooks Hooks
-	// Frame, when not nil, turns a buffer of newline-terminated lines into
-	// the bytes to write (e.g. one WebSocket frame per line), moving the
-	// marks along; it runs on the owning loop just before the write.
-	Frame func(dst, lines []byte, marks []Mark) ([]byte, []Mark)
+	// Framer, when not nil, turns the bytes of each write before they go
+	// (e.g. one WebSocket frame per line). One per endpoint: it keeps its
+	// output buffer.
+	Framer *Framer
 
 	closed  atomic.Bool
 	slow    atomic.Bool
 	pending atomic.Int64
-	framed  []byte // Frame's output buffer, owning loop only
+}
+
+// SlowHooks is Hooks that also hears, once, that the endpoint's backlog
+// passed MaxOut. (A method, not a func field: an endpoint per client
+// connection should not cost a closure each.)
+type SlowHooks interface {
+	Hooks
+	Slow()
+}
+
+// Framer turns a buffer of newline-terminated lines into the bytes to
+// write, moving the marks along; Frame runs on the owning loop just before
+// the write. An endpoint that needs it holds one, so endpoints that do not
+// (plain TCP clients, links) pay one pointer.
+type Framer struct {
+	Frame func(dst, lines []byte, marks []Mark) ([]byte, []Mark)
+	buf   []byte // Frame's output, owning loop only
 }
 
 // MarkClosed records that the connection is closed (call it in OnClose).
@@ -83,9 +99,9 @@ func (e *Endpoint) write(buf []byte, marks []Mark) {
 		}
 		return
 	}
-	if e.Frame != nil {
-		e.framed, marks = e.Frame(e.framed[:0], buf, marks)
-		buf = e.framed
+	if f := e.Framer; f != nil {
+		f.buf, marks = f.Frame(f.buf[:0], buf, marks)
+		buf = f.buf
 	}
 	e.handOver(buf)
 	if e.closed.Load() {
@@ -106,7 +122,7 @@ func (e *Endpoint) write(buf []byte, marks []Mark) {
 	e.CheckOutbound()
 }
 
-// CheckOutbound refreshes Pending and calls OnSlow once when the backlog
+// CheckOutbound refreshes Pending and calls Hooks' Slow once when the backlog
 // is over MaxOut. Owning loop only.
 func (e *Endpoint) CheckOutbound() {
 	if e.closed.Load() {
@@ -114,8 +130,10 @@ func (e *Endpoint) CheckOutbound() {
 	}
 	n := e.C.OutboundBuffered()
 	e.pending.Store(int64(n))
-	if e.MaxOut > 0 && n > e.MaxOut && e.slow.CompareAndSwap(false, true) && e.OnSlow != nil {
-		e.OnSlow()
+	if e.MaxOut > 0 && n > e.MaxOut && e.slow.CompareAndSwap(false, true) {
+		if h, ok := e.Hooks.(SlowHooks); ok {
+			h.Slow()
+		}
 	}
 }
 
