@@ -392,3 +392,71 @@ func TestLogoutDuringDrain(t *testing.T) {
 	}
 	t.Logf("stored=%d delivered=%d (first login %d, second %d) duplicated=0 reordered=0", n, len(order), first, len(order)-first)
 }
+
+// TestDisconnectAfterPage: bob receives his whole mailbox (one page of
+// 150 KB, through a small receive buffer, so that his TCP stack
+// acknowledges the last of it only as he reads it) and drops the
+// connection at once, before the server's output watcher (every 10 ms)
+// has seen the page acknowledged. The page must leave the mailbox
+// anyway, and before bob's route is released: his next login, on the
+// other server, gets nothing stored, and alice's next chat is the first
+// thing he reads.
+func TestDisconnectAfterPage(t *testing.T) {
+	t.Parallel()
+	cl := startCluster(t, clusterConfig{})
+	an, bn := cl.name("alice"), cl.name("bob")
+	a := cl.login(t, 0, an)
+	const n = 100 // one page (drainPage is 100)
+	pad := strings.Repeat("x", 1500)
+	for i := 0; i < n; i++ {
+		a.Send(t, chatReq(t, an, bn, fmt.Sprintf("%d:%s", i, pad), i))
+		expectStoredAck(t, a, i)
+	}
+
+	c, err := net.Dial("tcp", cl.s[1].addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.(*net.TCPConn).SetReadBuffer(4096)
+	_ = c.SetDeadline(time.Now().Add(2 * wait))
+	fmt.Fprintf(c, `{"cmd":"login","name":%q}`+"\n", bn)
+	r := bufio.NewReader(c)
+	got := 0
+	for got < n {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("bob: %v", err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("bob: %q: %v", line, err)
+		}
+		switch {
+		case m["cmd"] == "login" && m["ok"] == true:
+		case m["cmd"] == "chat" && m["stored"] == true && m["content"] == fmt.Sprintf("%d:%s", got, pad):
+			got++
+		default:
+			t.Fatalf("bob got %.80v, want stored chat %d", m, got)
+		}
+	}
+	c.Close() // the whole mailbox is here: gone at once
+
+	b := cl.login(t, 0, bn)
+	a.Send(t, chatReq(t, an, bn, "live", n))
+	expectAck(t, a, n)
+	again := 0
+	for {
+		m := b.ReadJSON(t, wait)
+		if m["cmd"] == "chat" && m["content"] == "live" && m["stored"] == nil {
+			break
+		}
+		if m["cmd"] != "chat" || m["stored"] != true {
+			t.Fatalf("bob's second login got %.80v, want alice's live chat", m)
+		}
+		again++
+	}
+	if again > 0 {
+		t.Fatalf("bob's second login got %d stored chats again before alice's live one", again)
+	}
+	t.Logf("stored=%d delivered=%d (first login %d, second 0) duplicated=0", n, got, got)
+}

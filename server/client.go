@@ -92,6 +92,12 @@ func (s *Server) cutSlow(ss *session) {
 // had not handed to the kernel goes back to its mailbox, then its route is
 // released (or the login that kicked it is told it may go on).
 func (s *Server) closeSession(ss *session) {
+	if ss.draining() {
+		// A mailbox page the client's TCP stack has whole leaves the
+		// mailbox now; the output watcher would have seen it within 10 ms,
+		// and without this the next login would get it again.
+		ss.progress()
+	}
 	ss.MarkClosed()
 	s.stats.Connections.Add(-1)
 	s.all.remove(ss)
@@ -123,8 +129,10 @@ func (s *Server) closeSession(ss *session) {
 		s.afterPutBack(func(context.Context) { s.sendKickDone(reply) })
 	case ours && !ss.gone.Load() && !s.closing.Load():
 		r := id.route(s.opt.ID)
-		if len(unsent) > 0 {
-			// Release after the chats went back, so a new login drains them.
+		if len(unsent) > 0 || ss.pageUnsettled() {
+			// Release after the chats went back, so a new login drains
+			// them; and after a delivered page's removal from the mailbox,
+			// so a new login elsewhere does not read it again.
 			s.afterPutBack(func(ctx context.Context) { s.releaseNow(ctx, id.name, r) })
 		} else {
 			s.release(id.name, r)
