@@ -3,6 +3,7 @@ package codec
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 	"unicode/utf8"
 
@@ -42,6 +43,17 @@ func FuzzDecode(f *testing.F) {
 		}
 		var r Request
 		err := Decode(line, &r)
+		// Nothing decoded aliases the caller's buffer, which it reuses.
+		before := r
+		before.Name, before.Token, before.Send = strings.Clone(r.Name), strings.Clone(r.Token), strings.Clone(r.Send)
+		before.Recv, before.Content, before.ID = strings.Clone(r.Recv), strings.Clone(r.Content), bytes.Clone(r.ID)
+		for i := range line {
+			line[i] = '#'
+		}
+		if r.Name != before.Name || r.Token != before.Token || r.Send != before.Send || r.Recv != before.Recv ||
+			r.Content != before.Content || !bytes.Equal(r.ID, before.ID) {
+			t.Fatalf("decoded request changed with the line's buffer: %+v, then %+v", before, r)
+		}
 		if err != nil {
 			if _, ok := err.(ProtoError); !ok && !isWrappedProto(err) {
 				t.Fatalf("error %T %v is not a ProtoError", err, err)

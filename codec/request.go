@@ -118,8 +118,12 @@ func Decode(line []byte, r *Request) error {
 		}
 		return ErrInvalidJSON
 	}
-	w, ok := fastWire(line)
+	var w wire
 	var err error
+	ok := false
+	if len(line) <= fastMax {
+		w, ok = fastWire(line)
+	}
 	if !ok {
 		w, err = decodeWire(line)
 	}

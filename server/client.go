@@ -92,17 +92,16 @@ func (s *Server) cutSlow(ss *session) {
 // had not handed to the kernel goes back to its mailbox, then its route is
 // released (or the login that kicked it is told it may go on).
 func (s *Server) closeSession(ss *session) {
-	if ss.draining() {
-		// A mailbox page the client's TCP stack has whole leaves the
-		// mailbox now; the output watcher would have seen it within 10 ms,
-		// and without this the next login would get it again.
-		ss.progress()
-	}
 	ss.MarkClosed()
 	s.stats.Connections.Add(-1)
 	s.all.remove(ss)
-	unsent := ss.cut()
+	unsent, acked := ss.cut()
 	id := ss.id.Load()
+	// What the client has of a mailbox page in flight leaves the mailbox
+	// now (the output watcher would have seen it within 10 ms, or never,
+	// for a page acknowledged only in part); without this the next login
+	// would get it again.
+	s.closePage(ss, id, acked)
 	ours := id != nil && s.reg.remove(id.name, ss)
 	if id != nil {
 		s.stats.Sessions.Add(-1)
@@ -365,7 +364,7 @@ func (s *Server) logout(ss *session) {
 		// The login's kick wait and drain end with it (their callbacks
 		// check the login, and find it gone).
 		ss.stopKickWait()
-		a.drain, a.drainEnd, a.drainAgain, a.drainStart = nil, 0, false, 0
+		a.drain, a.drainEnds, a.drainEnd, a.drainAgain, a.drainStart = nil, nil, 0, false, 0
 		ss.tidy()
 	}
 	ss.name = ""

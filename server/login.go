@@ -312,7 +312,8 @@ func (s *Server) gotPage(ss *session, id *identity, entries []route.MailEntry, e
 		s.goLive(ss)
 		return
 	}
-	ss.more().drain = entries
+	a := ss.more()
+	a.drain, a.drainEnds = entries, a.drainEnds[:0]
 	var buf []byte
 	var marks []batch.Mark
 	for _, e := range entries {
@@ -339,7 +340,7 @@ func (s *Server) gotPage(ss *session, id *identity, entries []route.MailEntry, e
 func (s *Server) pageDone(ss *session) {
 	var page []route.MailEntry
 	if a := ss.aside; a != nil {
-		page, a.drain = a.drain, nil
+		page, a.drain, a.drainEnds = a.drain, nil, nil
 	}
 	id := ss.id.Load()
 	if id == nil || len(page) == 0 {
@@ -350,13 +351,7 @@ func (s *Server) pageDone(ss *session) {
 	}
 	ss.more().removing = true // a logout waits for the answer (pageUnsettled)
 	if !s.redis.call(func(ctx context.Context) {
-		ok, err := s.opt.Router.RemoveMailbox(ctx, id.name, page)
-		if err != nil || !ok {
-			if err != nil {
-				s.stats.RedisErrors.Add(1)
-			}
-			s.log.Warn("delivered stored chats not removed from the mailbox", "user", id.name, "chats", len(page), "err", err, "head_changed", !ok && err == nil)
-		}
+		err := s.removeDelivered(ctx, id.name, page)
 		ss.Loop.Post(func() {
 			if a := ss.aside; a != nil {
 				a.removing = false
@@ -386,6 +381,53 @@ func (s *Server) pageDone(ss *session) {
 			return
 		}
 		s.goLive(ss)
+	}
+}
+
+// removeDelivered takes the delivered entries of a page out of name's
+// mailbox (on the Redis worker). A failure is counted and logged: those
+// chats come again at the next login.
+func (s *Server) removeDelivered(ctx context.Context, name string, page []route.MailEntry) error {
+	ok, err := s.opt.Router.RemoveMailbox(ctx, name, page)
+	if err != nil || !ok {
+		if err != nil {
+			s.stats.RedisErrors.Add(1)
+		}
+		s.log.Warn("delivered stored chats not removed from the mailbox", "user", name, "chats", len(page), "err", err, "head_changed", !ok && err == nil)
+	}
+	return err
+}
+
+// closePage settles, at a close, the mailbox page in flight: its entries
+// the client's TCP stack acknowledged (acked, as cut counted it just before
+// resetting the connection) leave the mailbox; the rest stay for the next
+// login. The route's release then waits for the removal (pageUnsettled).
+// On the session's loop, from OnClose.
+func (s *Server) closePage(ss *session, id *identity, acked int64) {
+	a := ss.aside
+	if a == nil || a.drainEnd == 0 || id == nil {
+		return
+	}
+	page, ends := a.drain, a.drainEnds
+	a.drain, a.drainEnds, a.drainEnd = nil, nil, 0
+	k, j := 0, 0
+	for ; k < len(page); k++ {
+		if page[k].Line == "" {
+			continue // unreadable, never written: it goes with its neighbours
+		}
+		if j == len(ends) || ends[j] > acked {
+			break
+		}
+		j++
+	}
+	if k == 0 {
+		return
+	}
+	a.removing = true
+	if !s.redis.call(func(ctx context.Context) { _ = s.removeDelivered(ctx, id.name, page[:k]) }) {
+		a.removing = false
+		s.stats.Busy.Add(1)
+		s.log.Warn("Redis queue full: delivered stored chats left in the mailbox", "user", id.name, "chats", k)
 	}
 }
 

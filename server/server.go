@@ -429,18 +429,21 @@ func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 // refuseStarting answers a connection that came while Start runs: the
 // listeners are bound and the peer address announced before the routing
 // store has cleared this id's stale routes. A telnet-style client is told
-// to come back. A peer that found the announcement gets a plain close,
-// which its dialer retries quietly: a line would read as a failed hello, a
-// warning and link_auth_failures for what is no attack. A WebSocket client
-// waits for an HTTP answer, which a JSON line is not.
+// to come back, a WebSocket client too, in an HTTP 503. A peer that found
+// the announcement gets a plain close, which its dialer retries quietly: a
+// line would read as a failed hello, a warning and link_auth_failures for
+// what is no attack.
 func (s *Server) refuseStarting(c gnet.Conn) ([]byte, gnet.Action) {
 	if !s.bound.Load() {
 		return nil, gnet.Close // which listener is not known yet
 	}
-	if lst := s.listenerOf(c); lst != nil && lst.kind == "client" {
-		return codec.AppendError(nil, string(codec.ErrStarting), nil), gnet.Close
+	switch lst := s.listenerOf(c); {
+	case lst == nil || lst.kind == "peer":
+		return nil, gnet.Close
+	case lst.kind == "websocket":
+		return wsRefusal(codec.ErrStarting), gnet.Close
 	}
-	return nil, gnet.Close
+	return codec.AppendError(nil, string(codec.ErrStarting), nil), gnet.Close
 }
 
 func (h *handler) OnTraffic(c gnet.Conn) gnet.Action {

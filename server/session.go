@@ -150,9 +150,10 @@ type sessionAside struct {
 	// Login and drain state.
 	kickTimer  func() bool // stops the KickWait timer
 	drain      []route.MailEntry
-	drainEnd   int64 // sent offset the current mailbox page ends at; 0 = none in flight
-	drainAgain bool  // a late kick-done arrived while draining: read once more
-	drainStart int64 // unix nanos the mailbox drain began; 0 = none
+	drainEnds  []int64 // sent offset each written entry of the page ends at, in order
+	drainEnd   int64   // sent offset the current mailbox page ends at; 0 = none in flight
+	drainAgain bool    // a late kick-done arrived while draining: read once more
+	drainStart int64   // unix nanos the mailbox drain began; 0 = none
 	// kickedBy is the login that replaced this session and waits for its
 	// unsent chats (set when kicked; read at close).
 	kickedBy *kickReply
@@ -178,7 +179,7 @@ func (ss *session) more() *sessionAside {
 func (ss *session) tidy() {
 	a := ss.aside
 	if a == nil || ss.logoutWait || a.logoutID != nil || a.removing || a.storing != nil || a.storingN != 0 || a.storingBytes != 0 ||
-		a.deferred != nil || a.behind != nil || a.kickTimer != nil || a.drain != nil ||
+		a.deferred != nil || a.behind != nil || a.kickTimer != nil || a.drain != nil || a.drainEnds != nil ||
 		a.drainEnd != 0 || a.drainAgain || a.drainStart != 0 || a.kickedBy != nil || a.kickAt != 0 {
 		return
 	}
@@ -352,6 +353,7 @@ func (ss *session) Written(buf []byte, marks []batch.Mark) {
 			ss.s.stats.DeliveredStored.Add(1)
 			a := ss.more()
 			a.drainEnd = max(a.drainEnd, end)
+			a.drainEnds = append(a.drainEnds, end)
 		}
 	}
 	kernel := ss.sent - int64(ss.C.OutboundBuffered())
@@ -503,11 +505,12 @@ func (ss *session) settledOutput() bool {
 // connection is closing, and returns in order the chats the client did not
 // get: held ones it has not acknowledged, and those still pending. If the
 // kernel still holds output, the connection is reset rather than closed,
-// so that what is put back is not delivered as well. Call once, from
-// OnClose.
-func (ss *session) cut() []pendingChat {
+// so that what is put back is not delivered as well. It also returns the
+// sent offset the client acknowledged, by which nothing more arrives. Call
+// once, from OnClose.
+func (ss *session) cut() (unsent []pendingChat, acked int64) {
 	_ = ss.C.Flush() // hand the kernel what it takes now
-	acked := ss.acked()
+	acked = ss.acked()
 	if acked < ss.sent {
 		// Reset the connection now, so that the client gets nothing past
 		// what it acknowledged: SO_LINGER 0 makes the close discard the
@@ -532,7 +535,7 @@ func (ss *session) cut() []pendingChat {
 	ss.phase.Store(phaseClosed)
 	out = append(out, ss.takePending()...)
 	ss.mu.Unlock()
-	return out
+	return out, acked
 }
 
 // deferredChat is a chat waiting for its paused sender to resume, and the
