@@ -305,6 +305,83 @@ func TestBacklogAtClose(t *testing.T) {
 	}
 }
 
+// storeForBob has alice (on server 0) send n chats to the offline bob,
+// each "<i>:<pad>", and checks that each is stored.
+func storeForBob(t *testing.T, cl *cluster, n int, pad string) (a *testenv.Client, an, bn string) {
+	t.Helper()
+	an, bn = cl.name("alice"), cl.name("bob")
+	a = cl.login(t, 0, an)
+	for i := 0; i < n; i++ {
+		a.Send(t, chatReq(t, an, bn, fmt.Sprintf("%d:%s", i, pad), i))
+		expectStoredAck(t, a, i)
+	}
+	return a, an, bn
+}
+
+// smallReader logs name in on addr through a 4 KiB receive buffer, so that
+// a mailbox page of 150 KB waits in the server's send queue,
+// unacknowledged, until the client reads it. It returns the connection
+// and a function reading one JSON line (the login's reply included).
+func smallReader(t *testing.T, addr, name string) (net.Conn, func() map[string]any) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.(*net.TCPConn).SetReadBuffer(4096)
+	_ = c.SetDeadline(time.Now().Add(2 * wait))
+	fmt.Fprintf(c, `{"cmd":"login","name":%q}`+"\n", name)
+	r := bufio.NewReader(c)
+	return c, func() map[string]any {
+		t.Helper()
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("%s: %q: %v", name, line, err)
+		}
+		return m
+	}
+}
+
+// storedIndex is i of a stored delivery "<i>:...", failing on anything
+// else.
+func storedIndex(t *testing.T, m map[string]any, n int) int {
+	t.Helper()
+	content, _ := m["content"].(string)
+	i, err := strconv.Atoi(strings.SplitN(content, ":", 2)[0])
+	if m["cmd"] != "chat" || m["stored"] != true || err != nil || i < 0 || i >= n {
+		t.Fatalf("got %.80v, want a stored chat", m)
+	}
+	return i
+}
+
+func expectLoginOK(t *testing.T, m map[string]any) {
+	t.Helper()
+	if m["cmd"] != "login" || m["ok"] != true {
+		t.Fatalf("login reply %v", m)
+	}
+}
+
+// liveAfterStored has alice send bob (logged in as b) one live chat and
+// returns the indices of the stored chats b got before it.
+func liveAfterStored(t *testing.T, a, b *testenv.Client, an, bn string, id, n int) []int {
+	t.Helper()
+	a.Send(t, chatReq(t, an, bn, "live", id))
+	expectAck(t, a, id)
+	var got []int
+	for {
+		m := b.ReadJSON(t, wait)
+		if m["cmd"] == "chat" && m["content"] == "live" && m["stored"] == nil {
+			return got
+		}
+		got = append(got, storedIndex(t, m, n))
+	}
+}
+
 // TestLogoutDuringDrain: a logout while a mailbox page is on its way to the
 // client waits for the page (it leaves the mailbox only once the client's
 // TCP stack has it), so each stored chat arrives once, across this login
@@ -312,54 +389,18 @@ func TestBacklogAtClose(t *testing.T) {
 func TestLogoutDuringDrain(t *testing.T) {
 	t.Parallel()
 	cl := startCluster(t, clusterConfig{})
-	an, bn := cl.name("alice"), cl.name("bob")
-	a := cl.login(t, 0, an)
 	const n = 150 // two pages (drainPage is 100): the second stays for the next login
-	pad := strings.Repeat("x", 1500)
-	for i := 0; i < n; i++ {
-		a.Send(t, chatReq(t, an, bn, fmt.Sprintf("%d:%s", i, pad), i))
-		expectStoredAck(t, a, i)
-	}
-
-	// bob reads through a small receive buffer: most of the first page
-	// (150 KB) waits in the server's send queue, unacknowledged, until he
-	// reads.
-	c, err := net.Dial("tcp", cl.s[1].addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.(*net.TCPConn).SetReadBuffer(4096)
-	_ = c.SetDeadline(time.Now().Add(2 * wait))
-	fmt.Fprintf(c, `{"cmd":"login","name":%q}`+"\n", bn)
-	r := bufio.NewReader(c)
+	_, _, bn := storeForBob(t, cl, n, strings.Repeat("x", 1500))
+	c, readLine := smallReader(t, cl.s[1].addr, bn)
 	seen := make([]int, n)
 	order := []int{}
-	readLine := func() map[string]any {
-		t.Helper()
-		line, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatalf("bob: %v", err)
-		}
-		var m map[string]any
-		if err := json.Unmarshal([]byte(line), &m); err != nil {
-			t.Fatalf("bob: %q: %v", line, err)
-		}
-		return m
-	}
 	note := func(m map[string]any) {
 		t.Helper()
-		content, _ := m["content"].(string)
-		i, err := strconv.Atoi(strings.SplitN(content, ":", 2)[0])
-		if m["cmd"] != "chat" || m["stored"] != true || err != nil || i < 0 || i >= n {
-			t.Fatalf("bob got %.80v, want a stored chat", m)
-		}
+		i := storedIndex(t, m, n)
 		seen[i]++
 		order = append(order, i)
 	}
-	if m := readLine(); m["cmd"] != "login" || m["ok"] != true {
-		t.Fatalf("bob's login: %v", m)
-	}
+	expectLoginOK(t, readLine())
 	note(readLine()) // the page is being written
 	fmt.Fprintf(c, `{"cmd":"logout","id":"out"}`+"\n")
 	for {
@@ -397,68 +438,29 @@ func TestLogoutDuringDrain(t *testing.T) {
 // 150 KB, through a small receive buffer, so that his TCP stack
 // acknowledges the last of it only as he reads it) and drops the
 // connection at once, before the server's output watcher (every 10 ms)
-// has seen the page acknowledged. The page must leave the mailbox
-// anyway, and before bob's route is released: his next login, on the
-// other server, gets nothing stored, and alice's next chat is the first
-// thing he reads.
+// has seen the page acknowledged. The page must leave the mailbox anyway,
+// and before bob's route is released: his next login, on the other
+// server, gets nothing stored, and alice's next chat is the first thing he
+// reads.
 func TestDisconnectAfterPage(t *testing.T) {
 	t.Parallel()
 	cl := startCluster(t, clusterConfig{})
-	an, bn := cl.name("alice"), cl.name("bob")
-	a := cl.login(t, 0, an)
 	const n = 100 // one page (drainPage is 100)
-	pad := strings.Repeat("x", 1500)
+	a, an, bn := storeForBob(t, cl, n, strings.Repeat("x", 1500))
+	c, readLine := smallReader(t, cl.s[1].addr, bn)
+	expectLoginOK(t, readLine())
 	for i := 0; i < n; i++ {
-		a.Send(t, chatReq(t, an, bn, fmt.Sprintf("%d:%s", i, pad), i))
-		expectStoredAck(t, a, i)
-	}
-
-	c, err := net.Dial("tcp", cl.s[1].addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = c.(*net.TCPConn).SetReadBuffer(4096)
-	_ = c.SetDeadline(time.Now().Add(2 * wait))
-	fmt.Fprintf(c, `{"cmd":"login","name":%q}`+"\n", bn)
-	r := bufio.NewReader(c)
-	got := 0
-	for got < n {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatalf("bob: %v", err)
-		}
-		var m map[string]any
-		if err := json.Unmarshal([]byte(line), &m); err != nil {
-			t.Fatalf("bob: %q: %v", line, err)
-		}
-		switch {
-		case m["cmd"] == "login" && m["ok"] == true:
-		case m["cmd"] == "chat" && m["stored"] == true && m["content"] == fmt.Sprintf("%d:%s", got, pad):
-			got++
-		default:
-			t.Fatalf("bob got %.80v, want stored chat %d", m, got)
+		if got := storedIndex(t, readLine(), n); got != i {
+			t.Fatalf("bob's first login got stored chat %d, want %d", got, i)
 		}
 	}
 	c.Close() // the whole mailbox is here: gone at once
 
 	b := cl.login(t, 0, bn)
-	a.Send(t, chatReq(t, an, bn, "live", n))
-	expectAck(t, a, n)
-	again := 0
-	for {
-		m := b.ReadJSON(t, wait)
-		if m["cmd"] == "chat" && m["content"] == "live" && m["stored"] == nil {
-			break
-		}
-		if m["cmd"] != "chat" || m["stored"] != true {
-			t.Fatalf("bob's second login got %.80v, want alice's live chat", m)
-		}
-		again++
+	if again := liveAfterStored(t, a, b, an, bn, n, n); len(again) > 0 {
+		t.Fatalf("bob's second login got %d stored chats again before alice's live one", len(again))
 	}
-	if again > 0 {
-		t.Fatalf("bob's second login got %d stored chats again before alice's live one", again)
-	}
-	t.Logf("stored=%d delivered=%d (first login %d, second 0) duplicated=0", n, got, got)
+	t.Logf("stored=%d delivered=%d (first login %d, second 0) duplicated=0", n, n, n)
 }
 
 // TestDisconnectMidPage: bob reads part of a mailbox page through a small
@@ -469,62 +471,19 @@ func TestDisconnectAfterPage(t *testing.T) {
 func TestDisconnectMidPage(t *testing.T) {
 	t.Parallel()
 	cl := startCluster(t, clusterConfig{})
-	an, bn := cl.name("alice"), cl.name("bob")
-	a := cl.login(t, 0, an)
 	const n, read = 100, 30 // one page (drainPage is 100); bob reads 30 of it
-	pad := strings.Repeat("x", 1500)
-	for i := 0; i < n; i++ {
-		a.Send(t, chatReq(t, an, bn, fmt.Sprintf("%d:%s", i, pad), i))
-		expectStoredAck(t, a, i)
-	}
-	index := func(m map[string]any) int {
-		t.Helper()
-		content, _ := m["content"].(string)
-		i, err := strconv.Atoi(strings.SplitN(content, ":", 2)[0])
-		if m["cmd"] != "chat" || m["stored"] != true || err != nil || i < 0 || i >= n {
-			t.Fatalf("bob got %.80v, want a stored chat", m)
+	a, an, bn := storeForBob(t, cl, n, strings.Repeat("x", 1500))
+	c, readLine := smallReader(t, cl.s[1].addr, bn)
+	expectLoginOK(t, readLine())
+	for i := 0; i < read; i++ {
+		if got := storedIndex(t, readLine(), n); got != i {
+			t.Fatalf("bob's first login got stored chat %d, want %d", got, i)
 		}
-		return i
-	}
-
-	c, err := net.Dial("tcp", cl.s[1].addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = c.(*net.TCPConn).SetReadBuffer(4096)
-	_ = c.SetDeadline(time.Now().Add(2 * wait))
-	fmt.Fprintf(c, `{"cmd":"login","name":%q}`+"\n", bn)
-	r := bufio.NewReader(c)
-	for got := 0; got < read; {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatalf("bob: %v", err)
-		}
-		var m map[string]any
-		if err := json.Unmarshal([]byte(line), &m); err != nil {
-			t.Fatalf("bob: %q: %v", line, err)
-		}
-		if m["cmd"] == "login" && m["ok"] == true {
-			continue
-		}
-		if i := index(m); i != got {
-			t.Fatalf("bob's first login got stored chat %d, want %d", i, got)
-		}
-		got++
 	}
 	c.Close() // most of the page is still on its way
 
 	b := cl.login(t, 0, bn)
-	a.Send(t, chatReq(t, an, bn, "live", n))
-	expectAck(t, a, n)
-	var second []int
-	for {
-		m := b.ReadJSON(t, wait)
-		if m["cmd"] == "chat" && m["content"] == "live" && m["stored"] == nil {
-			break
-		}
-		second = append(second, index(m))
-	}
+	second := liveAfterStored(t, a, b, an, bn, n, n)
 	if len(second) == 0 {
 		t.Fatalf("bob's second login got nothing stored; %d of %d were left", n-read, n)
 	}
