@@ -167,6 +167,8 @@ func TestSlowReader(t *testing.T) {
 	// instead would crawl: with a 4 KiB receive buffer on loopback the
 	// window opens in zero-window probes.)
 	cl.s[0].proc.WaitLine(t, `msg="disconnecting slow consumer".*user=`+sinkName, wait)
+	// And lets go of its route: the sink is offline, not "online at s1".
+	cl.waitRoute(t, sinkName, "")
 }
 
 // vmHWM reads a process's peak resident set size.

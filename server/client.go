@@ -126,7 +126,7 @@ func (s *Server) closeSession(ss *session) {
 	switch {
 	case reply != nil:
 		s.afterPutBack(func(context.Context) { s.sendKickDone(reply) })
-	case ours && !ss.gone.Load() && !s.closing.Load():
+	case ours && !s.closing.Load():
 		r := id.route(s.opt.ID)
 		if len(unsent) > 0 || ss.pageUnsettled() {
 			// Release after the chats went back, so a new login drains

@@ -313,7 +313,7 @@ func (s *Server) gotPage(ss *session, id *identity, entries []route.MailEntry, e
 		return
 	}
 	a := ss.more()
-	a.drain, a.drainEnds = entries, a.drainEnds[:0]
+	a.drain, a.drainEnds = entries, nil // (nil already: every end of a page resets both)
 	var buf []byte
 	var marks []batch.Mark
 	for _, e := range entries {
@@ -423,7 +423,7 @@ func (s *Server) closePage(ss *session, id *identity, acked int64) {
 	if k == 0 {
 		return
 	}
-	a.removing = true
+	a.removing = true // for pageUnsettled just after; the session is closed, nothing clears it
 	if !s.redis.call(func(ctx context.Context) { _ = s.removeDelivered(ctx, id.name, page[:k]) }) {
 		a.removing = false
 		s.stats.Busy.Add(1)

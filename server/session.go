@@ -81,9 +81,11 @@ type session struct {
 	// logoutWait is set while a logout waits for the mailbox page on its
 	// way to the client (see finishLogout).
 	logoutWait bool
-	// gone is set when the session is kicked or the server shuts down: it
-	// takes no more requests, and its close releases no route (it belongs
-	// to the newer login, or is released in bulk).
+	// gone is set when the session is kicked, cut off as a slow consumer,
+	// or the server shuts down: it takes no more requests. Its close
+	// releases the route as any close does (a kicked session's is already
+	// the newer login's, which the release compares and leaves; a shutdown
+	// releases in bulk).
 	gone atomic.Bool
 
 	// lastActive is the unix-nano time of the last bytes received, read by
