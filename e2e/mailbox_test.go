@@ -324,14 +324,8 @@ func storeForBob(t *testing.T, cl *cluster, n int, pad string) (a *testenv.Clien
 // and a function reading one JSON line (the login's reply included).
 func smallReader(t *testing.T, addr, name string) (net.Conn, func() map[string]any) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.(*net.TCPConn).SetReadBuffer(4096)
+	c := dialBacklog(t, addr, name).conn
 	_ = c.SetDeadline(time.Now().Add(2 * wait))
-	fmt.Fprintf(c, `{"cmd":"login","name":%q}`+"\n", name)
 	r := bufio.NewReader(c)
 	return c, func() map[string]any {
 		t.Helper()
