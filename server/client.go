@@ -364,7 +364,7 @@ func (s *Server) logout(ss *session) {
 		// The login's kick wait and drain end with it (their callbacks
 		// check the login, and find it gone).
 		ss.stopKickWait()
-		a.drain, a.drainEnds, a.drainEnd, a.drainAgain, a.drainStart = nil, nil, 0, false, 0
+		a.drain, a.drainEnds, a.drainAgain, a.drainStart = nil, nil, false, 0
 		ss.tidy()
 	}
 	ss.name = ""

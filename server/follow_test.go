@@ -89,7 +89,7 @@ func TestSessionAside(t *testing.T) {
 	}
 	a.storing = map[string]int{"bob": 1}
 	a.storingN, a.storingBytes = 1, 40
-	a.drainEnd = 100
+	a.drainEnds = []int64{100}
 	ss.tidy()
 	if ss.aside == nil || ss.storingTo("bob") != 1 || !ss.draining() || !ss.needsWatch() {
 		t.Fatal("aside state in use was let go")
@@ -99,7 +99,7 @@ func TestSessionAside(t *testing.T) {
 	if ss.aside == nil {
 		t.Fatal("let go while a mailbox page is in flight")
 	}
-	a.drainEnd = 0
+	a.drainEnds = nil
 	a.storingBytes = 40
 	ss.tidy()
 	if ss.aside == nil {

@@ -405,11 +405,11 @@ func (s *Server) removeDelivered(ctx context.Context, name string, page []route.
 // On the session's loop, from OnClose.
 func (s *Server) closePage(ss *session, id *identity, acked int64) {
 	a := ss.aside
-	if a == nil || a.drainEnd == 0 || id == nil {
+	if a == nil || len(a.drainEnds) == 0 || id == nil {
 		return
 	}
 	page, ends := a.drain, a.drainEnds
-	a.drain, a.drainEnds, a.drainEnd = nil, nil, 0
+	a.drain, a.drainEnds = nil, nil
 	k, j := 0, 0
 	for ; k < len(page); k++ {
 		if page[k].Line == "" {

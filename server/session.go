@@ -150,12 +150,13 @@ type sessionAside struct {
 	behind *chat
 
 	// Login and drain state.
-	kickTimer  func() bool // stops the KickWait timer
-	drain      []route.MailEntry
-	drainEnds  []int64 // sent offset each written entry of the page ends at, in order
-	drainEnd   int64   // sent offset the current mailbox page ends at; 0 = none in flight
-	drainAgain bool    // a late kick-done arrived while draining: read once more
-	drainStart int64   // unix nanos the mailbox drain began; 0 = none
+	kickTimer func() bool // stops the KickWait timer
+	drain     []route.MailEntry
+	// drainEnds holds the sent offset each written entry of the page in
+	// flight ends at, in order; empty when none is in flight.
+	drainEnds  []int64
+	drainAgain bool  // a late kick-done arrived while draining: read once more
+	drainStart int64 // unix nanos the mailbox drain began; 0 = none
 	// kickedBy is the login that replaced this session and waits for its
 	// unsent chats (set when kicked; read at close).
 	kickedBy *kickReply
@@ -182,7 +183,7 @@ func (ss *session) tidy() {
 	a := ss.aside
 	if a == nil || ss.logoutWait || a.logoutID != nil || a.removing || a.storing != nil || a.storingN != 0 || a.storingBytes != 0 ||
 		a.deferred != nil || a.behind != nil || a.kickTimer != nil || a.drain != nil || a.drainEnds != nil ||
-		a.drainEnd != 0 || a.drainAgain || a.drainStart != 0 || a.kickedBy != nil || a.kickAt != 0 {
+		a.drainAgain || a.drainStart != 0 || a.kickedBy != nil || a.kickAt != 0 {
 		return
 	}
 	ss.aside = nil
@@ -207,14 +208,14 @@ func (ss *session) storingTo(recv string) int {
 // draining reports whether a mailbox page is in flight to the client.
 func (ss *session) draining() bool {
 	a := ss.aside
-	return a != nil && a.drainEnd > 0
+	return a != nil && len(a.drainEnds) > 0
 }
 
 // pageUnsettled reports whether a mailbox page is in flight to the client
 // or its removal from the mailbox has not answered yet.
 func (ss *session) pageUnsettled() bool {
 	a := ss.aside
-	return a != nil && (a.drainEnd > 0 || a.removing)
+	return a != nil && (len(a.drainEnds) > 0 || a.removing)
 }
 
 // kickReplyOf returns the login waiting for this kicked session, or nil.
@@ -354,7 +355,6 @@ func (ss *session) Written(buf []byte, marks []batch.Mark) {
 		case markStored:
 			ss.s.stats.DeliveredStored.Add(1)
 			a := ss.more()
-			a.drainEnd = max(a.drainEnd, end)
 			a.drainEnds = append(a.drainEnds, end)
 		}
 	}
@@ -476,9 +476,8 @@ func (ss *session) progress() {
 	acked := ss.acked()
 	ss.prune(acked)
 	ss.pruneAt = time.Now().UnixNano()
-	if a := ss.aside; a != nil && a.drainEnd > 0 && acked >= a.drainEnd && ss.phase.Load() == phaseDraining {
-		a.drainEnd = 0
-		ss.s.pageDone(ss)
+	if a := ss.aside; a != nil && len(a.drainEnds) > 0 && acked >= a.drainEnds[len(a.drainEnds)-1] && ss.phase.Load() == phaseDraining {
+		ss.s.pageDone(ss) // (ends the page: drain and drainEnds)
 	}
 }
 
@@ -494,7 +493,7 @@ func (ss *session) watchOutput() {
 // needsWatch reports whether the watcher must keep checking this session.
 func (ss *session) needsWatch() bool {
 	a := ss.aside
-	return a != nil && (a.drainEnd > 0 || a.kickAt != 0)
+	return a != nil && (len(a.drainEnds) > 0 || a.kickAt != 0)
 }
 
 // settledOutput reports whether everything written has been acknowledged
