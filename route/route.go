@@ -252,7 +252,10 @@ func New(o Options) (*Store, error) {
 		// (checked by a PING after ConnTimeout/2 of silence) is dropped;
 		// rueidis' default, 10s, kept a frozen master in use for twice the
 		// time the cluster took to fail it over.
-		ConnWriteTimeout: o.ConnTimeout,
+		ConnWriteTimeout:    o.ConnTimeout,
+		ReadBufferEachConn:  redisBuffer,
+		WriteBufferEachConn: redisBuffer,
+		RingScaleEachConn:   redisRingScale,
 	}
 	opt.Dialer.Timeout = o.ConnTimeout
 	opt.Dialer.KeepAlive = max(o.ConnTimeout/2, 50*time.Millisecond)
@@ -804,3 +807,11 @@ func (ss *slotSet) count() int {
 }
 
 func (ss *slotSet) full() bool { return ss.count() == 16384 }
+
+// redisBuffer and redisRingScale size each Redis connection's buffers and
+// request ring, rather than rueidis' defaults (0.5 MiB each way and 1,024
+// slots).
+const (
+	redisBuffer    = 64 << 10
+	redisRingScale = 8
+)
