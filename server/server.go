@@ -606,7 +606,7 @@ func (s *Server) watchOutput() {
 			s.retaining.Range(func(k, _ any) bool {
 				ss := k.(*session)
 				ss.Loop.Post(func() {
-					if !ss.Closed() && ss.heldHead < len(ss.held) {
+					if !ss.Closed() && ss.holding() {
 						ss.progress()
 					}
 					if !ss.Closed() && ss.wrote {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -63,13 +62,13 @@ type session struct {
 	// offloading is set while an offloaded request's result (a login
 	// claim, a lookup) is awaited.
 	offloading bool
-	// result is where the off-loop worker leaves its outcome before waking
-	// the connection.
-	result atomic.Pointer[outcome]
 	// throttled is set while the session has maxStoring store attempts
 	// (or MaxPending bytes of them) in flight (sessionAside.storing), until
 	// half have come back.
 	throttled bool
+	// result is where the off-loop worker leaves its outcome before waking
+	// the connection.
+	result atomic.Pointer[outcome]
 	// follows tracks this session's chats waiting on streams (follow.go).
 	follows follows
 	// streamWait is set while a chat found its stream over the
@@ -81,6 +80,12 @@ type session struct {
 	// logoutWait is set while a logout waits for the mailbox page on its
 	// way to the client (see finishLogout).
 	logoutWait bool
+	retained   bool // in Server.retaining (retain)
+	// wrote is set when Written holds a chat and cleared by the retain
+	// sweep: a session that wrote since the last sweep keeps its buffers
+	// (shed would drop them, and a busy session would grow them again
+	// from nothing, twice a second).
+	wrote bool
 	// gone is set when the session is kicked, cut off as a slow consumer,
 	// or the server shuts down: it takes no more requests. Its close
 	// releases the route as any close does (a kicked session's is already
@@ -102,22 +107,11 @@ type session struct {
 	pending *pendingQueue
 
 	// Output tracking (see Written): sent counts every byte handed to the
-	// connection; held keeps, with copies of their lines in tail, the live
-	// chats the client's TCP stack may not have acknowledged yet, so that
-	// a close can put back exactly those.
-	sent     int64
-	tail     []byte
-	tailBase int64 // tail offset of tail[0] (bytes dropped from its front)
-	held     []heldChat
-	heldHead int
-	sndbuf   int64 // the kernel's send buffer: it never holds more
-	retained bool  // in Server.retaining (retain)
-	// wrote is set when Written holds a chat and cleared by the retain
-	// sweep: a session that wrote since the last sweep keeps its buffers
-	// (shed would drop them, and a busy session would grow them again
-	// from nothing, twice a second).
-	wrote   bool
-	pruneAt int64 // unix nanos of the last acknowledgement check
+	// connection; out keeps the live chats the client's TCP stack may not
+	// have acknowledged yet, so that a close can put back exactly those.
+	sent   int64
+	out    *heldOut // nil while the session holds no chat
+	sndbuf int64    // the kernel's send buffer: it never holds more
 
 	// aside is the state in use only for a while (see sessionAside); nil
 	// when none of it is.
@@ -235,6 +229,19 @@ type pendingChat struct {
 	line []byte
 }
 
+// heldOut is what a session keeps of the live chats it wrote and the
+// client's TCP stack may not have acknowledged: held, from heldHead on,
+// with copies of their lines in tail. A session has one from its first
+// held chat until the retain sweep finds it idle (shed), so that thousands
+// of sessions that chat now and then carry a nil pointer between chats
+// rather than 64 bytes (TestSessionSizeClass).
+type heldOut struct {
+	tail     []byte
+	tailBase int64 // tail offset of tail[0] (bytes dropped from its front)
+	held     []heldChat
+	heldHead int
+}
+
 // heldChat is a live chat written to the connection and not known to be
 // acknowledged by the client's TCP stack.
 type heldChat struct {
@@ -349,8 +356,13 @@ func (ss *session) Written(buf []byte, marks []batch.Mark) {
 		switch m.Kind {
 		case markLive:
 			ss.s.stats.DeliveredLive.Add(1)
-			ss.held = append(ss.held, heldChat{end: end, at: ss.tailBase + int64(len(ss.tail)), n: m.End - m.Start, recv: ss.name})
-			ss.tail = append(ss.tail, buf[m.Start:m.End]...)
+			o := ss.out
+			if o == nil {
+				o = new(heldOut)
+				ss.out = o
+			}
+			o.held = append(o.held, heldChat{end: end, at: o.tailBase + int64(len(o.tail)), n: m.End - m.Start, recv: ss.name})
+			o.tail = append(o.tail, buf[m.Start:m.End]...)
 			ss.wrote = true
 		case markStored:
 			ss.s.stats.DeliveredStored.Add(1)
@@ -362,7 +374,7 @@ func (ss *session) Written(buf []byte, marks []batch.Mark) {
 	ss.prune(kernel - 2*ss.sndbuf)
 	if ss.heldBytes() > heldCheck || ss.draining() {
 		ss.progress()
-	} else if ss.heldHead < len(ss.held) {
+	} else if ss.holding() {
 		ss.s.retain(ss)
 	}
 }
@@ -423,51 +435,61 @@ func (ss *session) wroteAside(n int) { ss.sent += int64(n) }
 // whether the session is idle in that sense. On the session's loop, from
 // the retain sweep, so at most twice a second.
 func (ss *session) shed() bool {
-	if ss.heldHead < len(ss.held) {
+	if ss.holding() {
 		return false
 	}
-	ss.tailBase += int64(len(ss.tail))
-	ss.held, ss.heldHead, ss.tail = nil, 0, nil
+	ss.out = nil
 	ss.tidy()
 	return ss.follows.shed()
 }
 
+// holding reports whether the session holds a chat its client may not have
+// acknowledged.
+func (ss *session) holding() bool {
+	return ss.out != nil && ss.out.heldHead < len(ss.out.held)
+}
+
 // prune drops the held chats acknowledged up to upTo.
 func (ss *session) prune(upTo int64) {
-	h := ss.heldHead
-	for h < len(ss.held) && ss.held[h].end <= upTo {
-		h++
-	}
-	if h == ss.heldHead {
+	o := ss.out
+	if o == nil {
 		return
 	}
-	clear(ss.held[ss.heldHead:h])
-	ss.heldHead = h
-	if h == len(ss.held) {
-		ss.held, ss.heldHead = ss.held[:0], 0
-		ss.tailBase += int64(len(ss.tail))
-		ss.tail = ss.tail[:0]
-		if cap(ss.tail) > 64<<10 {
-			ss.tail = nil // let a burst's buffer go
+	h := o.heldHead
+	for h < len(o.held) && o.held[h].end <= upTo {
+		h++
+	}
+	if h == o.heldHead {
+		return
+	}
+	clear(o.held[o.heldHead:h])
+	o.heldHead = h
+	if h == len(o.held) {
+		o.held, o.heldHead = o.held[:0], 0
+		o.tailBase += int64(len(o.tail))
+		o.tail = o.tail[:0]
+		if cap(o.tail) > 64<<10 {
+			o.tail = nil // let a burst's buffer go
 		}
 		return
 	}
-	drop := int(ss.held[h].at - ss.tailBase)
-	if drop > 16<<10 && drop > len(ss.tail)/2 {
+	drop := int(o.held[h].at - o.tailBase)
+	if drop > 16<<10 && drop > len(o.tail)/2 {
 		// In place: only this loop reads tail and held.
-		ss.tail = ss.tail[:copy(ss.tail, ss.tail[drop:])]
-		ss.tailBase += int64(drop)
-		n := copy(ss.held, ss.held[h:])
-		clear(ss.held[n:])
-		ss.held, ss.heldHead = ss.held[:n], 0
+		o.tail = o.tail[:copy(o.tail, o.tail[drop:])]
+		o.tailBase += int64(drop)
+		n := copy(o.held, o.held[h:])
+		clear(o.held[n:])
+		o.held, o.heldHead = o.held[:n], 0
 	}
 }
 
 func (ss *session) heldBytes() int {
-	if ss.heldHead == len(ss.held) {
+	if !ss.holding() {
 		return 0
 	}
-	return int(ss.tailBase + int64(len(ss.tail)) - ss.held[ss.heldHead].at)
+	o := ss.out
+	return int(o.tailBase + int64(len(o.tail)) - o.held[o.heldHead].at)
 }
 
 // progress asks the kernel what the client acknowledged, drops those held
@@ -475,7 +497,6 @@ func (ss *session) heldBytes() int {
 func (ss *session) progress() {
 	acked := ss.acked()
 	ss.prune(acked)
-	ss.pruneAt = time.Now().UnixNano()
 	if a := ss.aside; a != nil && len(a.drainEnds) > 0 && acked >= a.drainEnds[len(a.drainEnds)-1] && ss.phase.Load() == phaseDraining {
 		ss.s.pageDone(ss) // (ends the page: drain and drainEnds)
 	}
@@ -525,13 +546,15 @@ func (ss *session) cut() (unsent []pendingChat, acked int64) {
 		}
 	}
 	var out []pendingChat
-	for _, h := range ss.held[ss.heldHead:] {
-		if h.end > acked {
-			off := h.at - ss.tailBase
-			out = append(out, pendingChat{recv: h.recv, line: append([]byte(nil), ss.tail[off:off+int64(h.n)]...)})
+	if o := ss.out; o != nil {
+		for _, h := range o.held[o.heldHead:] {
+			if h.end > acked {
+				off := h.at - o.tailBase
+				out = append(out, pendingChat{recv: h.recv, line: append([]byte(nil), o.tail[off:off+int64(h.n)]...)})
+			}
 		}
 	}
-	ss.held, ss.heldHead, ss.tail = nil, 0, nil
+	ss.out = nil
 	ss.mu.Lock()
 	ss.phase.Store(phaseClosed)
 	out = append(out, ss.takePending()...)
