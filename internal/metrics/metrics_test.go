@@ -158,7 +158,7 @@ func TestMetricsFollowAtomics(t *testing.T) {
 			t.Errorf("%s: no HELP", name)
 		}
 	}
-	for _, n := range []string{"go_goroutines", "go_gc_duration_seconds", "go_sched_latencies_seconds", "process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"} {
+	for _, n := range []string{"go_goroutines", "go_gc_duration_seconds", "go_sched_latencies_seconds", "go_gc_gogc_percent", "process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"} {
 		if mfs[n] == nil {
 			t.Errorf("runtime series %s missing", n)
 		}

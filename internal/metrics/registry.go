@@ -61,13 +61,14 @@ type Registry struct {
 }
 
 // NewRegistry returns a registry with the Go runtime collector (go_*,
-// including go_sched_latencies_seconds) and the process collector
+// including go_sched_latencies_seconds, go_gc_heap_live_bytes and
+// go_gc_gogc_percent, which the GC tuner moves: internal/gctune) and the process collector
 // (process_*: CPU, RSS, open descriptors, start time) registered.
 func NewRegistry() *Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
-			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/sched/latencies:seconds$|^/gc/heap/live:bytes$`)},
+			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/sched/latencies:seconds$|^/gc/heap/live:bytes$|^/gc/gogc:percent$`)},
 		)),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
