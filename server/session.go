@@ -374,8 +374,9 @@ func (ss *session) Written(buf []byte, marks []batch.Mark) {
 	ss.prune(kernel - 2*ss.sndbuf)
 	if ss.heldBytes() > heldCheck || ss.draining() {
 		ss.progress()
-	} else if ss.holding() {
-		ss.s.retain(ss)
+	}
+	if ss.holding() {
+		ss.s.retain(ss) // the sweep checks again, and sheds once all is acknowledged
 	}
 }
 

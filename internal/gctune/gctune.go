@@ -51,7 +51,7 @@ type Options struct {
 }
 
 func (o Options) withDefaults() Options {
-	if o.Budget <= 0 {
+	if !(o.Budget > 0) || math.IsInf(o.Budget, 1) { // NaN too
 		o.Budget = DefaultBudget
 	}
 	if o.Min <= 0 {
@@ -164,8 +164,10 @@ func (m *model) step(s sample) int {
 	m.prev = s
 	// GC CPU per second at GOGC g is rate × costByte × 100 / g.
 	want := m.rate * m.costByte * 100 / m.o.Budget
-	g := int(math.Ceil(want))
-	g = min(max(g, m.o.Min), m.o.Max)
+	g := m.o.Max
+	if want < float64(m.o.Max) { // (false for NaN; converting a huge float to int is undefined)
+		g = max(int(math.Ceil(want)), m.o.Min)
+	}
 	// Hysteresis: ignore changes under a tenth, except to reach a bound.
 	if g != m.gogc && (g == m.o.Min || g == m.o.Max || math.Abs(float64(g-m.gogc)) >= float64(m.gogc)/10) {
 		m.gogc = g
@@ -174,34 +176,39 @@ func (m *model) step(s sample) int {
 }
 
 // Start runs the tuner until ctx ends, setting GOGC with
-// debug.SetGCPercent, and returns at once. It does nothing, and says why in
-// the log, when GOGC is set in the environment (the operator chose) or the
-// runtime lacks a metric it reads. It logs each change at debug level;
-// go_gc_gogc_percent shows the value on /metrics.
-func Start(ctx context.Context, o Options, gogcEnv string, log *slog.Logger) {
+// debug.SetGCPercent (to Max at once), and returns a channel closed when it
+// has stopped. It does nothing, and says why in the log, when GOGC is set
+// in the environment (the operator chose) or the runtime lacks a metric it
+// reads. It logs each change at debug level; go_gc_gogc_percent shows the
+// value on /metrics.
+func Start(ctx context.Context, o Options, gogcEnv string, log *slog.Logger) <-chan struct{} {
+	done := make(chan struct{})
 	o = o.withDefaults()
 	if gogcEnv != "" {
 		log.Info("gc tuner off", "reason", "GOGC is set", "gogc", gogcEnv)
-		return
+		close(done)
+		return done
 	}
 	r, err := newReader()
 	if err != nil {
 		log.Warn("gc tuner off", "err", err)
-		return
+		close(done)
+		return done
 	}
 	cur := debug.SetGCPercent(o.Max)
 	m := newModel(o, r.read(time.Now()), o.Max)
 	log.Debug("gc tuner on", "budget", o.Budget, "min", o.Min, "max", o.Max, "was", cur)
 	go func() {
+		defer close(done)
 		t := time.NewTicker(o.Interval)
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case now := <-t.C:
+			case <-t.C:
 				before := m.gogc
-				if g := m.step(r.read(now)); g != before {
+				if g := m.step(r.read(time.Now())); g != before {
 					debug.SetGCPercent(g)
 					log.Debug("gc percent", "gogc", g, "was", before,
 						"alloc_rate", int64(m.rate), "cost_per_mb_ms", m.costByte*1e9)
@@ -209,4 +216,5 @@ func Start(ctx context.Context, o Options, gogcEnv string, log *slog.Logger) {
 			}
 		}
 	}()
+	return done
 }

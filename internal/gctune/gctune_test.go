@@ -3,7 +3,9 @@ package gctune
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
+	"math"
 	"runtime/debug"
 	"runtime/metrics"
 	"strings"
@@ -110,7 +112,7 @@ func TestStartRespectsGOGCFromEnvironment(t *testing.T) {
 	defer debug.SetGCPercent(before)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	Start(ctx, Options{}, "200", log)
+	<-Start(ctx, Options{}, "200", log) // closed at once
 	if g := gogcNow(); g != 77 {
 		t.Fatalf("GOGC changed to %d although the environment set it", g)
 	}
@@ -122,12 +124,13 @@ func TestStartRespectsGOGCFromEnvironment(t *testing.T) {
 // The real runtime: a process that allocates nothing ends at Min, and the
 // tuner stops with its context.
 func TestStartLowersGOGCWhenQuiet(t *testing.T) {
-	before := debug.SetGCPercent(100)
+	before := debug.SetGCPercent(40)
 	defer debug.SetGCPercent(before)
 	var buf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
-	Start(ctx, Options{Interval: 5 * time.Millisecond, Budget: 1}, "", log)
+	done := Start(ctx, Options{Interval: 5 * time.Millisecond, Budget: 1}, "", log)
+	defer func() { cancel(); <-done }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		g := gogcNow()
@@ -135,12 +138,75 @@ func TestStartLowersGOGCWhenQuiet(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			cancel()
 			t.Fatalf("GOGC %d after 10 s with a budget of a whole core, want %d", g, DefaultMin)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// Start sets Max at once, whatever GOGC was.
+func TestStartBeginsAtMax(t *testing.T) {
+	before := debug.SetGCPercent(40)
+	defer debug.SetGCPercent(before)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := Start(ctx, Options{Interval: time.Hour}, "", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	defer func() { cancel(); <-done }()
+	if g := gogcNow(); g != DefaultMax {
+		t.Fatalf("GOGC %d after Start, want %d", g, DefaultMax)
+	}
+}
+
+// The real runtime, allocating: with a budget far below what collecting
+// at Min would cost, the tuner keeps Max. (It reads the allocation counter:
+// a reader that saw no allocation would go to Min.)
+func TestStartKeepsMaxWhileAllocating(t *testing.T) {
+	before := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(before)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := Start(ctx, Options{Interval: 2 * time.Millisecond, Budget: 1e-9}, "", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	var sink [][]byte
+	for i := 0; i < 20000; i++ {
+		sink = append(sink, make([]byte, 4096))
+		if len(sink) > 256 {
+			sink = sink[:0]
+		}
+		if i%1000 == 0 {
+			time.Sleep(time.Millisecond) // let the tuner take samples in between
+		}
+	}
 	cancel()
+	<-done
+	if g := gogcNow(); g != DefaultMax {
+		t.Fatalf("GOGC %d while allocating about 80 MB, want %d", g, DefaultMax)
+	}
+}
+
+// A step to a bound is taken even when smaller than the hysteresis.
+func TestModelReachesBounds(t *testing.T) {
+	o := Options{}.withDefaults()
+	m := newModel(o, sample{at: time.Unix(0, 0)}, 27)
+	if g := feed(m, 5, 0, 14e6, 1.2e-9); g != o.Min {
+		t.Fatalf("GOGC %d from 27 with nothing allocated, want %d", g, o.Min)
+	}
+	m = newModel(o, sample{at: time.Unix(0, 0)}, 95)
+	if g := feed(m, 5, 1e9, 14e6, 1.2e-9); g != o.Max {
+		t.Fatalf("GOGC %d from 95 at 1 GB/s, want %d", g, o.Max)
+	}
+}
+
+// Budgets the flag cannot give (NaN, infinite, tiny) still pick a bound,
+// never a wrapped-around integer.
+func TestModelExtremeBudgets(t *testing.T) {
+	for _, b := range []float64{math.NaN(), math.Inf(1), -1, 0} {
+		if got := (Options{Budget: b}).withDefaults().Budget; got != DefaultBudget {
+			t.Errorf("budget %v: %v, want the default %v", b, got, DefaultBudget)
+		}
+	}
+	o := Options{Budget: 1e-300}.withDefaults()
+	m := newModel(o, sample{at: time.Unix(0, 0)}, o.Max)
+	if g := feed(m, 5, 50e6, 14e6, 1.2e-9); g != o.Max {
+		t.Fatalf("GOGC %d with a budget of 1e-300 at 50 MB/s, want %d", g, o.Max)
+	}
 }
 
 func gogcNow() int {
