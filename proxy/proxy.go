@@ -253,6 +253,9 @@ func (p *Proxy) Start() error {
 		gnet.WithMulticore(p.opt.Multicore),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 		gnet.WithLogger(gnetlog.Logger{L: p.log}),
+		// Every connection here is a link: read up to 1 MiB of it per
+		// readiness event, not gnet's 64 KiB (see server.loopReadBuffer).
+		gnet.WithReadBufferCap(1 << 20),
 	}
 	if p.opt.Loops > 0 {
 		opts = append(opts, gnet.WithNumEventLoop(p.opt.Loops))
