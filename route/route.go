@@ -127,7 +127,7 @@ type Options struct {
 	// entries; 0 means DefaultKnownSize. Only online users are kept.
 	KnownSize int
 	// CacheBytes is rueidis' client-side cache per connection; 0 means
-	// DefaultCacheBytes (256 KiB).
+	// DefaultCacheBytes (64 KiB).
 	CacheBytes int
 	// RetryQueue bounds the route keys waiting to be written again after a
 	// failed attempt (see RetryStats); 0 means DefaultRetryQueue (65536).
