@@ -71,12 +71,11 @@ func (o Options) withDefaults() Options {
 
 // sample is one reading of the runtime's cumulative counters.
 type sample struct {
-	at      time.Time
-	allocs  float64 // bytes allocated since start
-	gcCPU   float64 // CPU seconds the collector used since start
-	cycles  float64 // collections since start
-	live    float64 // live heap bytes after the last collection
-	hasLive bool
+	at     time.Time
+	allocs float64 // bytes allocated since start
+	gcCPU  float64 // CPU seconds the collector used since start
+	cycles float64 // collections since start
+	live   float64 // live heap bytes after the last collection (0 before the first)
 }
 
 var sampleNames = []string{
@@ -106,12 +105,11 @@ func newReader() (*reader, error) {
 func (r *reader) read(now time.Time) sample {
 	metrics.Read(r.s)
 	return sample{
-		at:      now,
-		allocs:  float64(r.s[0].Value.Uint64()),
-		gcCPU:   r.s[1].Value.Float64(),
-		cycles:  float64(r.s[2].Value.Uint64()),
-		live:    float64(r.s[3].Value.Uint64()),
-		hasLive: r.s[3].Value.Uint64() > 0,
+		at:     now,
+		allocs: float64(r.s[0].Value.Uint64()),
+		gcCPU:  r.s[1].Value.Float64(),
+		cycles: float64(r.s[2].Value.Uint64()),
+		live:   float64(r.s[3].Value.Uint64()),
 	}
 }
 
@@ -156,7 +154,7 @@ func (m *model) step(s sample) int {
 	} else {
 		m.rate += rateWeight * (rate - m.rate)
 	}
-	if dc := s.cycles - m.prev.cycles; dc > 0 && s.hasLive {
+	if dc := s.cycles - m.prev.cycles; dc > 0 && s.live > 0 {
 		if c := (s.gcCPU - m.prev.gcCPU) / dc / s.live; c > 0 && !math.IsInf(c, 0) {
 			m.costByte += costWeight * (c - m.costByte)
 		}

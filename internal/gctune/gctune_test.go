@@ -30,7 +30,7 @@ func feed(m *model, n int, rate, live, costByte float64) int {
 			s.cycles++
 			s.gcCPU += costByte * live
 		}
-		s.live, s.hasLive = live, true
+		s.live = live
 		m.step(s)
 	}
 	return m.gogc
