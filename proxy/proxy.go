@@ -253,9 +253,8 @@ func (p *Proxy) Start() error {
 		gnet.WithMulticore(p.opt.Multicore),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 		gnet.WithLogger(gnetlog.Logger{L: p.log}),
-		// Every connection here is a link: read up to 1 MiB of it per
-		// readiness event, not gnet's 64 KiB (see server.loopReadBuffer).
-		gnet.WithReadBufferCap(1 << 20),
+		// Every connection here is a link (see batch.ReadBufferCap).
+		gnet.WithReadBufferCap(batch.ReadBufferCap),
 	}
 	if p.opt.Loops > 0 {
 		opts = append(opts, gnet.WithNumEventLoop(p.opt.Loops))

@@ -300,7 +300,7 @@ func (s *Server) startEngine() error {
 		// OnBoot runs before the loops exist; the ticker's first call comes
 		// once they run (see OnTick).
 		gnet.WithTicker(true),
-		gnet.WithReadBufferCap(loopReadBuffer),
+		gnet.WithReadBufferCap(batch.ReadBufferCap),
 	}
 	if s.opt.Loops > 0 {
 		opts = append(opts, gnet.WithNumEventLoop(s.opt.Loops))
@@ -572,20 +572,6 @@ func (s *Server) retain(ss *session) {
 		s.retaining.Store(ss, struct{}{})
 	}
 }
-
-// loopReadBuffer is the most an event loop reads from one connection per
-// readiness event (gnet's ReadBufferCap; one buffer per loop, shared by its
-// connections). gnet's default, 64 KiB, is plenty for a client but paced
-// the links: a loop serving a thousand clients reads a link once per turn,
-// so a stream's frames and the peer's acknowledgements queued behind each
-// other, the flow-control window stayed full (1.29 MB unacknowledged, a
-// sender paused for every fifth chat forwarded) and each pause cost a
-// wake-up and a late ack. At 1 MiB: 251 KB unacknowledged, a pause per 18
-// chats, and `anchor` 16.5-19.6 us per message against 19.9-26.0 (5
-// interleaved runs; README). 4 MiB was a little faster again but its
-// buffer, part of the live heap, cost about 100 B per client in
-// `trickle`.
-const loopReadBuffer = 1 << 20
 
 // retainSweep is how often held chats are checked when no write does it.
 const retainSweep = 500 * time.Millisecond

@@ -186,6 +186,20 @@ func NewLoop(el gnet.EventLoop) *Loop {
 	return l
 }
 
+// ReadBufferCap is the most an event loop reads from one connection per
+// readiness event (gnet's ReadBufferCap; one buffer per loop, shared by its
+// connections); the server's and the proxy's loops use it. gnet's default,
+// 64 KiB, is plenty for a client but paced the links: a loop serving a
+// thousand clients reads a link once per turn, so a stream's frames and the
+// peer's acknowledgements queued behind each other, the flow-control window
+// stayed full (1.29 MB unacknowledged, a sender paused for every fifth chat
+// forwarded) and each pause cost a wake-up and a late ack. At 1 MiB: 251 KB
+// unacknowledged, a pause per 18 chats, and `anchor` 16.5-19.6 us per
+// message against 19.9-26.0 (5 interleaved runs; README). 4 MiB was a little
+// faster again but its buffer, part of the live heap, cost about 100 B per
+// client in `trickle`.
+const ReadBufferCap = 1 << 20
+
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
 func getBuf() []byte { return (*bufPool.Get().(*[]byte))[:0] }
